@@ -1,0 +1,189 @@
+"""The evaluation harness: controllers × β × (model, dataset) × seeds, in parallel.
+
+Work is cut into tasks that name everything as plain data (store path, slice, spec text, β,
+seeds), so worker processes rebuild controllers themselves and results never depend on the
+worker count: built-in baselines run as one vectorised task per slice, everything else in
+chunks of seeds through the Question API, and chunks are stitched back in seed order.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from ttsgym.controllers.batched import run_batched
+from ttsgym.controllers.registry import ControllerSpec, parse_spec
+from ttsgym.env.episodes import EpisodeResults, PoolCache, run_episodes
+from ttsgym.env.results import results_table, summarize
+from ttsgym.store import Store, load_replay
+
+SEED_CHUNK = 10
+
+
+@dataclass(frozen=True)
+class Task:
+    store: str
+    model: str
+    dataset: str
+    spec: str
+    beta: float | None
+    seeds: tuple[int, ...]
+    protocol: str
+    kappa: int
+    budget: int | None
+    batched: bool
+    row: int
+
+
+@dataclass(frozen=True)
+class _Row:
+    model: str
+    dataset: str
+    spec: ControllerSpec
+    beta: float | None
+
+
+_WORKER_CACHE: dict[tuple[str, str, str], tuple] = {}
+
+
+def _slice(store: str, model: str, dataset: str) -> tuple:
+    key = (store, model, dataset)
+    if key not in _WORKER_CACHE:
+        arrays = load_replay(store, model, dataset)
+        _WORKER_CACHE[key] = (arrays, PoolCache(arrays))
+    return _WORKER_CACHE[key]
+
+
+def run_task(task: Task) -> tuple[int, EpisodeResults, float]:
+    """Run one task (in a worker or inline): the row it belongs to, its episodes, its seconds."""
+    start = time.perf_counter()
+    arrays, pools = _slice(task.store, task.model, task.dataset)
+    spec = parse_spec(task.spec)
+    res = None
+    if task.batched:
+        res = run_batched(spec.make(task.beta), arrays, task.seeds, protocol=task.protocol,
+                          kappa=task.kappa, budget=task.budget)
+    if res is None:
+        res = run_episodes(lambda: spec.make(task.beta), arrays, task.seeds, protocol=task.protocol,
+                           kappa=task.kappa, budget=task.budget, pools=pools)
+    return task.row, res, time.perf_counter() - start
+
+
+def _concat(parts: list[EpisodeResults]) -> EpisodeResults:
+    if len(parts) == 1:
+        return parts[0]
+    return EpisodeResults(
+        seeds=np.concatenate([p.seeds for p in parts]),
+        question_ids=parts[0].question_ids,
+        correct=np.concatenate([p.correct for p in parts]),
+        tokens=np.concatenate([p.tokens for p in parts]),
+        seq_tokens=np.concatenate([p.seq_tokens for p in parts]),
+        opened=np.concatenate([p.opened for p in parts]),
+    )
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def evaluate(
+    store: str | os.PathLike | Store,
+    controllers: Sequence[str],
+    *,
+    models: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    betas: Sequence[float] | None = None,
+    seeds: int | Sequence[int] = 100,
+    workers: int | None = None,
+    protocol: str = "autotts",
+    kappa: int = 0,
+    budget: int | None = None,
+    progress: bool = False,
+) -> pa.Table:
+    """Evaluate controller specs on a store; one result row per (model, dataset, controller, β).
+
+    Baselines ignore ``betas`` (one row, β = null); β-families and user classes get one row per
+    β (β-families default to 0, 0.25, 0.5, 0.75, 1 when no β is given).
+    """
+    store = store if isinstance(store, Store) else Store(store)
+    models = list(models or store.models)
+    datasets = list(datasets or store.datasets)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise ValueError("no seeds to evaluate")
+    specs = [parse_spec(c) for c in controllers]
+    rows: list[_Row] = []
+    for model in models:
+        for dataset in datasets:
+            store.slice(model, dataset)  # fail early, naming the available slices
+            load_replay(store, model, dataset)  # compile once here, not in every worker
+            for spec in specs:
+                if spec.takes_beta:
+                    grid = betas if betas else ((0.0, 0.25, 0.5, 0.75, 1.0)
+                                                if spec.kind == "beta-family" else (None,))
+                else:
+                    grid = (None,)
+                rows.extend(_Row(model, dataset, spec, b) for b in grid)
+    tasks = []
+    for r, row in enumerate(rows):
+        batched = row.spec.kind == "baseline" and budget is None
+        chunks = [seed_list] if batched else [seed_list[i : i + SEED_CHUNK]
+                                              for i in range(0, len(seed_list), SEED_CHUNK)]
+        tasks.extend(Task(str(store.path), row.model, row.dataset, row.spec.text, row.beta,
+                          tuple(c), protocol, kappa, budget, batched, r) for c in chunks)
+    # Big tasks first so the pool is not left waiting on a straggler.
+    tasks.sort(key=lambda t: (t.batched, -len(t.seeds)))
+    parts: dict[int, list[tuple[int, EpisodeResults]]] = {r: [] for r in range(len(rows))}
+    seconds = [0.0] * len(rows)
+    n_workers = max(1, min(workers or default_workers(), len(tasks)))
+    bar = tqdm(total=_episodes(tasks, store), desc="eval", unit="ep", disable=not progress,
+               file=sys.stderr, smoothing=0.1)
+    with bar:
+        for r, res, sec in _run_all(tasks, n_workers):
+            parts[r].append((int(res.seeds[0]), res))
+            seconds[r] += sec
+            bar.update(res.correct.size)
+    out = []
+    for r, row in enumerate(rows):
+        res = _concat([p for _, p in sorted(parts[r], key=lambda x: x[0])])
+        out.append(summarize(
+            res, model=row.model, dataset=row.dataset, controller=row.spec.label(),
+            name=row.spec.name, kind=row.spec.kind, beta=row.beta, protocol=protocol, kappa=kappa,
+            budget=budget, synthetic=store.synthetic, seconds=seconds[r],
+        ))
+    return results_table(out)
+
+
+def _episodes(tasks: list[Task], store: Store) -> int:
+    questions = {(s.model, s.dataset): s.questions for s in store.slices}
+    return sum(len(t.seeds) * questions[(t.model, t.dataset)] for t in tasks)
+
+
+def _run_all(tasks: list[Task], n_workers: int):
+    if n_workers == 1:
+        for task in tasks:
+            yield run_task(task)
+        return
+    ctx = _context()
+    with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+        futures = [pool.submit(run_task, t) for t in tasks]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def _context() -> mp.context.BaseContext:
+    """forkserver where available (fast starts, no fork-with-threads hazards), else spawn."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["ttsgym.controllers.evaluate"])
+        return ctx
+    return mp.get_context("spawn")
