@@ -54,7 +54,8 @@ class _Slice:
         self.probe_start = arrays.probe_start[q2, pool]
         self.interval = arrays.interval[self.q].astype(np.int64)[:, None]
         self.gold_key = self.class_base[:, 0] + arrays.gold_cls[self.q]
-        self.probe_cls = arrays.probe_cls
+        # A plain view of the (memory-mapped) probes: np.memmap indexing goes through Python.
+        self.probe_cls = np.asarray(arrays.probe_cls).view(np.ndarray)
 
     def results(self, seeds: Sequence[int], arrays: Any, answer_key: np.ndarray, tokens: np.ndarray,
                 seq: np.ndarray, opened: np.ndarray) -> EpisodeResults:
@@ -73,15 +74,18 @@ class _Unsupported(Exception):
 
 
 def majority_keys(keys: np.ndarray, valid: np.ndarray | None, key_space: int) -> np.ndarray:
-    """Row-wise majority of class keys, ties to the earliest column; -1 where a row is empty."""
+    """Row-wise majority of class keys, ties to the earliest column; -1 where a row is empty.
+
+    Entries equal to ``key_space`` (or masked out by ``valid``) do not vote.
+    """
     n = keys.shape[1]
     k = keys if valid is None else np.where(valid, keys, key_space)
-    counts = np.bincount(k.ravel(), minlength=key_space + 1)[k]
-    if valid is not None:
-        counts[~valid] = 0
+    tally = np.bincount(k.ravel(), minlength=key_space + 1)
+    tally[key_space] = 0
+    counts = tally[k]
     pos = np.argmax(counts * (n + 1) - np.arange(n), axis=1)
     rows = np.arange(keys.shape[0])
-    return np.where(counts[rows, pos] > 0, keys[rows, pos], -1)
+    return np.where(counts[rows, pos] > 0, k[rows, pos], -1).astype(keys.dtype, copy=False)
 
 
 def _full_read_costs(s: _Slice) -> tuple[np.ndarray, np.ndarray]:
@@ -158,61 +162,73 @@ def _esc(c: EarlyStoppingConsistency, s: _Slice, kappa: int) -> tuple:
 def _pp(c: ParallelProbe, s: _Slice, kappa: int) -> tuple:
     p = c.params
     e, n = len(s.q), s.n
-    step_cost = s.interval + kappa
-    tail_cost = np.maximum(0, s.tokens - s.interval * s.n_probes)
+    no_vote = s.key_space
+    # Keys fit int32 here, and branch-free blends (a + mask * (b - a)) over int32 run several
+    # times faster than np.where or masked assignment with the irregular masks of this loop.
+    kt = np.int32 if no_vote < np.iinfo(np.int32).max else np.int64
     has_probe = s.n_probes >= 1
-
-    def probe_key(rows: np.ndarray, depth: np.ndarray, where: np.ndarray) -> np.ndarray:
-        idx = np.where(where, s.probe_start[rows] + depth, 0)
-        return s.class_base[rows] + s.probe_cls[idx]
-
-    rows = np.arange(e)  # episodes still running, as positions in the full arrays
-    # Opening: every branch reads its first interval (a branch without probes finishes).
-    latest = np.where(has_probe, probe_key(rows, np.zeros((e, n), np.int64), has_probe), s.final_key)
-    finished = ~has_probe
-    spent = np.where(has_probe, step_cost, s.tokens)
-    depth = np.ones((e, n), np.int64)
-    pruned = np.zeros((e, n), bool)
-    off = np.zeros((e, n), np.int32)
-    previous = np.full(e, -2, np.int64)
-    stable = np.zeros(e, np.int32)
+    first_probe = s.class_base + s.probe_cls[np.where(has_probe, s.probe_start, 0)]
+    # Per running episode, compacted together whenever episodes stop. nxt/end: position of a
+    # branch's next probe in probe_cls and one past its last.
+    st = {
+        "nxt": s.probe_start + has_probe,
+        "end": s.probe_start + s.n_probes,
+        "final": s.final_key.astype(kt),
+        "base": np.broadcast_to(s.class_base, (e, n)).astype(kt),
+        "step_cost": np.broadcast_to(s.interval + kappa, (e, n)).astype(np.int64),
+        "tail_cost": np.maximum(0, s.tokens - s.interval * s.n_probes),
+        # Opening: every branch reads its first interval (a branch without probes finishes).
+        "latest": np.where(has_probe, first_probe, s.final_key).astype(kt),
+        "finished": ~has_probe,
+        "spent": np.where(has_probe, s.interval + kappa, s.tokens).astype(np.int64),
+        "pruned": np.zeros((e, n), bool),
+        "off": np.zeros((e, n), np.int32),
+        "previous": np.full(e, -2, kt),
+        "stable": np.zeros(e, np.int32),
+        "rows": np.arange(e),
+    }
+    last_probe = len(s.probe_cls) - 1
     answer = np.full(e, -1, np.int64)
     spent_out = np.zeros((e, n), np.int64)
     for step in range(p["max_steps"]):
-        L = s.n_probes[rows]
-        advance = ~pruned & ~finished
-        read_probe = advance & (depth <= L - 1)
+        latest, finished, pruned = st["latest"], st["finished"], st["pruned"]
+        advance = ~(pruned | finished)
+        read_probe = advance & (st["nxt"] < st["end"])
         read_final = advance & ~read_probe
-        if read_probe.any():
-            latest = np.where(read_probe, probe_key(rows, depth, read_probe), latest)
-        latest = np.where(read_final, s.final_key[rows], latest)
+        probe = st["base"] + s.probe_cls[np.minimum(st["nxt"], last_probe)]
+        latest += read_probe * (probe - latest) + read_final * (st["final"] - latest)
         finished |= read_final
-        spent += np.where(read_probe, step_cost[rows], 0) + np.where(read_final, tail_cost[rows], 0)
-        depth += advance
-        winner = majority_keys(latest, ~pruned, s.key_space)
+        st["nxt"] += read_probe
+        st["spent"] += st["step_cost"] * read_probe + st["tail_cost"] * read_final
+        winner = majority_keys(latest, None, no_vote)  # pruned branches hold the non-voting key
         if step >= p["warm_up"]:
-            check = (~pruned).sum(1) > 1
-            unfinished = check[:, None] & ~pruned & ~finished
-            off = np.where(unfinished, np.where(latest != winner[:, None], off + 1, 0), off)
-            pruned |= unfinished & (off >= p["prune_patience"])
-            winner = np.where(check, majority_keys(latest, ~pruned, s.key_space), winner)
-        stable = np.where((winner == previous) & (step > 0), stable + 1, 0)
-        previous = winner
+            unfinished = ((~pruned).sum(1) > 1)[:, None] & ~(pruned | finished)
+            off = st["off"]
+            off += unfinished
+            off *= ~unfinished | (latest != winner[:, None])  # reset where on track
+            newly = unfinished & (off >= p["prune_patience"])
+            if newly.any():
+                pruned |= newly
+                latest += newly * (no_vote - latest)
+                changed = newly.any(axis=1)
+                winner[changed] = majority_keys(latest[changed], None, no_vote)
+        stable = st["stable"]
+        stable += 1
+        stable *= (winner == st["previous"]) & (step > 0)
+        st["previous"] = winner
         stop = (stable >= p["T"]) | (pruned | finished).all(axis=1)
         if step == p["max_steps"] - 1:
             stop[:] = True
         if stop.any():
-            done = rows[stop]
+            done = st["rows"][stop]
             answer[done] = winner[stop]
-            spent_out[done] = spent[stop]
+            spent_out[done] = st["spent"][stop]
             keep = ~stop
-            rows = rows[keep]
-            if not len(rows):
+            st = {k: v[keep] for k, v in st.items()}
+            if not len(st["rows"]):
                 break
-            latest, finished, spent, depth = latest[keep], finished[keep], spent[keep], depth[keep]
-            pruned, off, previous, stable = pruned[keep], off[keep], previous[keep], stable[keep]
-    if len(rows):  # only when max_steps <= 0: no step ran, so there is no winner
-        spent_out[rows] = spent
+    if len(st["rows"]):  # only when max_steps <= 0: no step ran, so there is no winner
+        spent_out[st["rows"]] = st["spent"]
     return answer, spent_out.sum(1), spent_out.max(1), n
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ttsgym.controllers.batched import run_batched
 from ttsgym.controllers.registry import ControllerSpec, parse_spec
 from ttsgym.env.episodes import EpisodeResults, PoolCache, run_episodes
+from ttsgym.env.protocols import parse_protocol
 from ttsgym.env.results import results_table, summarize
 from ttsgym.store import Store, load_replay
 
@@ -115,6 +116,7 @@ def evaluate(
     β (β-families default to 0, 0.25, 0.5, 0.75, 1 when no β is given).
     """
     store = store if isinstance(store, Store) else Store(store)
+    parse_protocol(protocol)
     models = list(models or store.models)
     datasets = list(datasets or store.datasets)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)

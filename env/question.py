@@ -157,7 +157,7 @@ class Question:
             if self._total + cost > self._budget:
                 raise BudgetExhausted(f"opening a branch costs {cost} tokens, {self.tokens_left} left")
         i = self._open_next()
-        answer, finished = self.extend(i)
+        answer, finished = Question.extend(self, i)  # the plain read: a traced open logs once
         return answer, i, finished
 
     def extend(self, i: int) -> tuple[str, bool]:
