@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test lint demo demo-quick bench clean
+.PHONY: install test lint demo bench clean
 
 install: $(STAMP)
 
@@ -25,8 +25,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+demo: $(STAMP)
+	$(BIN)/ttsgym demo $(DEMO_ARGS)
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/replay_table.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-out
