@@ -135,6 +135,16 @@ class ParallelProbe(Controller):
         return winner
 
 
+# The configurations of the published reference table (shared/reference), as ttsgym specs.
+PUBLISHED_SPECS: dict[str, str] = {
+    "sc@64": "sc:n=64",
+    "sc@16": "sc:n=16",
+    "asc(64,0.95)": "asc:max_samples=64,threshold=0.95",
+    "esc(64,8)": "esc:max_samples=64,window_size=8",
+    "parallel_probe(64,K5,T40,pp7,wu15)": "parallel_probe:num_chains=64,T=40,prune_patience=7,warm_up=15",
+    "parallel_probe(defaults)": "parallel_probe",
+}
+
 BASELINES: tuple[type[Controller], ...] = (
     SelfConsistency, AdaptiveConsistency, EarlyStoppingConsistency, ParallelProbe,
 )

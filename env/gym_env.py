@@ -430,33 +430,9 @@ def _class_pool(arrays: ReplayArrays, q: int) -> tuple[BranchPool, list[str | No
     """Question q's pool with class ids for answers (a :class:`BranchPool` of ints), and the
     names of the classes its branches produce (``None`` for the others, so a gold answer that
     no branch reaches never enters the engine)."""
-    n = int(arrays.n_branches[q])
-    counts = arrays.n_probes[q, :n].tolist()
-    start = int(arrays.probe_start[q, 0])
-    stop = start + sum(counts)
-    flat = np.asarray(arrays.probe_cls[start:stop]).tolist()
-    finals = np.asarray(arrays.final_cls[q, :n]).tolist()
-
-    def ragged(values: list) -> list[tuple]:
-        out, pos = [], 0
-        for c in counts:
-            out.append(tuple(values[pos : pos + c]))
-            pos += c
-        return out
-
-    signals = {}
-    for name in ("score", "confidence"):
-        column = getattr(arrays, name)
-        if column is None:
-            signals[name] = None
-        else:
-            signals[name] = ragged(np.asarray(column[start:stop], dtype=np.float32).tolist())
-    all_names = arrays.class_names(q)
-    used = set(flat) | set(finals)
-    names = [s if c in used else None for c, s in enumerate(all_names)]
-    pool = BranchPool(probes=ragged(flat), tokens=arrays.tokens[q, :n].tolist(), finals=finals,
-                      interval=int(arrays.interval[q]), scores=signals["score"],
-                      confidences=signals["confidence"])
+    pool = BranchPool.from_arrays(arrays, q, class_ids=True)
+    used = {c for probes in pool.probes for c in probes} | set(pool.finals)
+    names = [s if c in used else None for c, s in enumerate(arrays.class_names(q))]
     return pool, names
 
 

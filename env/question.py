@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ttsgym.env.voting import majority
 
 
@@ -66,14 +68,19 @@ class BranchPool:
         return len(self.tokens)
 
     @classmethod
-    def from_arrays(cls, arrays: Any, q: int) -> BranchPool:
-        """The pool of question ``q`` of a :class:`~ttsgym.store.ReplayArrays`."""
-        names = arrays.class_names(q)
+    def from_arrays(cls, arrays: Any, q: int, *, class_ids: bool = False) -> BranchPool:
+        """The pool of question ``q`` of a :class:`~ttsgym.store.ReplayArrays`; answers are
+        canonical strings, or the question's class ids with ``class_ids=True``."""
         n = int(arrays.n_branches[q])
         counts = arrays.n_probes[q, :n].tolist()
         start = int(arrays.probe_start[q, 0])
         stop = start + sum(counts)
-        flat = [names[c] for c in arrays.probe_cls[start:stop].tolist()]
+        probes = np.asarray(arrays.probe_cls[start:stop]).tolist()
+        finals = np.asarray(arrays.final_cls[q, :n]).tolist()
+        if not class_ids:
+            names = arrays.class_names(q)
+            probes = [names[c] for c in probes]
+            finals = [names[c] for c in finals]
 
         def ragged(values: list) -> list[tuple]:
             out, pos = [], 0
@@ -85,15 +92,10 @@ class BranchPool:
         signals = {}
         for name in ("score", "confidence"):
             column = getattr(arrays, name)
-            signals[name] = None if column is None else ragged(column[start:stop].tolist())
-        return cls(
-            probes=ragged(flat),
-            tokens=arrays.tokens[q, :n].tolist(),
-            finals=[names[c] for c in arrays.final_cls[q, :n].tolist()],
-            interval=int(arrays.interval[q]),
-            scores=signals["score"],
-            confidences=signals["confidence"],
-        )
+            signals[name] = None if column is None else ragged(np.asarray(column[start:stop]).tolist())
+        return cls(probes=ragged(probes), tokens=arrays.tokens[q, :n].tolist(), finals=finals,
+                   interval=int(arrays.interval[q]), scores=signals["score"],
+                   confidences=signals["confidence"])
 
 
 _INF = float("inf")

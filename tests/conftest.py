@@ -4,8 +4,10 @@ when ``TTSGYM_REQUIRE_DATA=1`` (as CI sets it)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,23 @@ def tiny_store(tmp_path: Path) -> Path:
 
     write_autotts(tmp_path / "src", "tiny-model", "toy", tiny_questions())
     return import_autotts(tmp_path / "src", tmp_path / "store")
+
+
+_OPAQUE = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, types.CodeType,
+           types.MethodType)
+
+
+def reachable(root: object) -> list[object]:
+    """Everything reachable from ``root`` through gc.get_referents, not descending into modules,
+    classes or functions (whose globals reach everything): what an object can hand out."""
+    seen, stack, out = {id(root)}, [root], []
+    while stack:
+        obj = stack.pop()
+        out.append(obj)
+        if isinstance(obj, _OPAQUE):
+            continue
+        for ref in gc.get_referents(obj):
+            if id(ref) not in seen:
+                seen.add(id(ref))
+                stack.append(ref)
+    return out

@@ -9,9 +9,7 @@ and the gold answer staying out of observations and out of the controller's reac
 
 from __future__ import annotations
 
-import gc
 import multiprocessing as mp
-import types
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import MODELS, tiny_questions, write_autotts
+from conftest import MODELS, reachable, tiny_questions, write_autotts
 from gymnasium.utils.env_checker import check_env
 
 from ttsgym.controllers.baselines import (
@@ -598,19 +596,6 @@ def test_observations_are_numbers_only_and_do_not_depend_on_the_gold(tmp_path: P
     assert (True, False) in rewards or (False, True) in rewards  # grading did differ
 
 
-def _reachable(root: object) -> list[object]:
-    opaque = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, types.CodeType)
-    seen, stack, out = {id(root)}, [root], []
-    while stack:
-        obj = stack.pop()
-        out.append(obj)
-        if isinstance(obj, opaque):
-            continue
-        for ref in gc.get_referents(obj):
-            if id(ref) not in seen:
-                seen.add(id(ref))
-                stack.append(ref)
-    return out
 
 
 def test_env_question_holds_no_gold(tiny_store: Path) -> None:
@@ -625,7 +610,7 @@ def test_env_question_holds_no_gold(tiny_store: Path) -> None:
 
     info = solve_episode(env, Grab(), question=1, permutation_seed=0)
     assert not info["correct"]
-    for obj in _reachable(held[0]):
+    for obj in reachable(held[0]):
         assert not (isinstance(obj, str) and SENTINEL in obj), "gold reachable from EnvQuestion"
         assert not isinstance(obj, ReplayArrays | Grader | WidthDepthEnv | gym.Env), type(obj)
     assert isinstance(env.engine.pool, BranchPool)

@@ -6,19 +6,17 @@ produces, so finding that string anywhere reachable from the Question means it l
 
 from __future__ import annotations
 
-import gc
 import types
 from pathlib import Path
 
 import numpy as np
+from conftest import reachable
 
 from ttsgym.env import PoolCache, Question, TracedQuestion, run_episodes
 from ttsgym.env.episodes import Grader
 from ttsgym.store import ReplayArrays, load_replay
 
 SENTINEL = "GOLD-SENTINEL-42"
-_OPAQUE = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, types.CodeType,
-           types.MethodType)
 
 
 def _capture_question(store: Path, cls=Question) -> Question:
@@ -38,25 +36,12 @@ def _capture_question(store: Path, cls=Question) -> Question:
     return held[0]
 
 
-def _reachable(root: object) -> list[object]:
-    """Everything reachable through gc.get_referents, not descending into modules or classes."""
-    seen, stack, out = {id(root)}, [root], []
-    while stack:
-        obj = stack.pop()
-        out.append(obj)
-        if isinstance(obj, _OPAQUE):
-            continue
-        for ref in gc.get_referents(obj):
-            if id(ref) not in seen:
-                seen.add(id(ref))
-                stack.append(ref)
-    return out
 
 
 def test_nothing_reachable_from_the_question_holds_the_gold(tiny_store: Path) -> None:
     for cls in (Question, TracedQuestion):
         question = _capture_question(tiny_store, cls)
-        for obj in _reachable(question):
+        for obj in reachable(question):
             assert not (isinstance(obj, str) and SENTINEL in obj), f"gold reachable via {type(obj)}"
             assert not isinstance(obj, ReplayArrays | Grader | PoolCache | np.ndarray), type(obj)
 
@@ -94,4 +79,4 @@ def test_the_grader_does_know_the_gold(tiny_store: Path) -> None:
     arrays = load_replay(tiny_store, "tiny-model", "toy")
     grade = Grader(arrays)
     assert grade(1, SENTINEL) and not grade(1, "7")
-    assert any(isinstance(o, str) and o == SENTINEL for o in _reachable(grade))
+    assert any(isinstance(o, str) and o == SENTINEL for o in reachable(grade))

@@ -16,6 +16,7 @@ import pytest
 from conftest import MODELS
 
 from ttsgym.cli.main import main
+from ttsgym.controllers.baselines import PUBLISHED_SPECS as SPECS
 from ttsgym.controllers.baselines import (
     AdaptiveConsistency,
     EarlyStoppingConsistency,
@@ -26,15 +27,6 @@ from ttsgym.controllers.batched import run_batched
 from ttsgym.controllers.registry import parse_spec
 from ttsgym.env import PoolCache, run_episodes
 from ttsgym.store import load_replay
-
-SPECS = {
-    "sc@64": "sc:n=64",
-    "sc@16": "sc:n=16",
-    "asc(64,0.95)": "asc:max_samples=64,threshold=0.95",
-    "esc(64,8)": "esc:max_samples=64,window_size=8",
-    "parallel_probe(64,K5,T40,pp7,wu15)": "parallel_probe:num_chains=64,T=40,prune_patience=7,warm_up=15",
-    "parallel_probe(defaults)": "parallel_probe",
-}
 
 
 @pytest.fixture(scope="module")
