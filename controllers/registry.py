@@ -16,7 +16,7 @@ from typing import Any
 
 from ttsgym.controllers.base import Controller, spec_string
 
-_BUILTIN_MODULES = ("ttsgym.controllers.baselines",)
+_BUILTIN_MODULES = ("ttsgym.controllers.baselines", "ttsgym.controllers.family")
 
 
 def builtins() -> dict[str, type[Controller]]:

@@ -421,8 +421,12 @@ def _comparison(drows: list[dict[str, Any]], curves: list[Curve], panels: list[s
         rng = common_token_range([c.points for c in mine])
         if rng is None:
             continue
-        vals = ", ".join(f"`{_md_cell(c.family)}` {auc_log_tokens(c.points, *rng):.2f}%" for c in
-                         sorted(mine, key=lambda c: natural_key(c.family)))
+        aucs = [(c.family, auc_log_tokens(c.points, *rng))
+                for c in sorted(mine, key=lambda c: natural_key(c.family))]
+        # a curve whose points collapse to one token count (e.g. SC capped by a small pool) has no area
+        vals = ", ".join(f"`{_md_cell(fam)}` {auc:.2f}%" for fam, auc in aucs if auc is not None)
+        if not vals:
+            continue
         auc_lines.append(f"- {_panel_title(p, models)} — over {fmt_tokens(rng[0])}–{fmt_tokens(rng[1])} "
                          f"tokens: {vals}")
     if auc_lines:
