@@ -229,9 +229,11 @@ def accuracy_figure(rows: list[dict[str, Any]], curves: list[Curve], dataset: st
                     title_fontsize=10)
         fig.tight_layout(rect=(0, 0, 1, 0.95))
     else:
-        ncol = min(len(handles), 4)
+        ncol = min(len(handles), 4 if ncols > 1 else 2)
+        legend_height = 0.25 + 0.3 * math.ceil(len(handles) / ncol)
+        fig.set_figheight(fig.get_figheight() + legend_height)  # room below, panels keep their size
         height = fig.get_figheight()
-        fig.tight_layout(rect=(0, (0.25 + 0.3 * math.ceil(len(handles) / ncol)) / height, 1, 0.95))
+        fig.tight_layout(rect=(0, legend_height / height, 1, 0.95))
         fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=9.5, frameon=False)
     return fig
 
@@ -499,7 +501,8 @@ def write_report(
                + _frontier_line([r for r in drows if r["model"] == head], multi), ""]
         for x, (stem, _) in PLOTS.items():
             png = out / f"{stem}_{_slug(dataset)}.png"
-            accuracy_figure(rows, curves, dataset, x, styles, ci_bars=ci_bars).savefig(png)
+            accuracy_figure(rows, curves, dataset, x, styles, ci_bars=ci_bars).savefig(
+                png, bbox_inches="tight", pad_inches=0.15)  # long titles never clipped
             what = "total" if x == "avg_tokens" else "sequential"
             md += [f"![{dataset}: accuracy vs {what} tokens]({png.name})", ""]
         md += [f"### Comparison with SC@64 — {dataset}", "",
