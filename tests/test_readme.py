@@ -35,3 +35,12 @@ def test_duckdb_example_runs(tiny_store: Path, capsys) -> None:
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "probe_accuracy" in out and "tiny-model" in out
+
+
+def test_gym_example_runs(tiny_store: Path) -> None:
+    code = _block('gym.make("ttsgym/WidthDepth-v0"').replace('"stores/aime24"', repr(str(tiny_store)))
+    code = code.replace('"Qwen3-4B"', '"tiny-model"').replace('"aime24"', '"toy"')
+    code = code.replace('"question": 3', '"question": 1')
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["obs"]["opened"][0] == 1 and not scope["terminated"]
