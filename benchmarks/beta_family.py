@@ -16,93 +16,48 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ttsgym.controllers.baselines import (
-    AdaptiveConsistency,
-    EarlyStoppingConsistency,
-    ParallelProbe,
-    SelfConsistency,
-)
-from ttsgym.controllers.batched import run_batched
+from ttsgym.controllers.baselines import PUBLISHED_SPECS
+from ttsgym.controllers.evaluate import evaluate
 from ttsgym.controllers.family import ShortRace
-from ttsgym.env.episodes import PoolCache, run_episodes
-from ttsgym.store import Store, load_replay
+from ttsgym.controllers.registry import parse_spec
+from ttsgym.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REFERENCE = REPO.parent / "shared" / "reference" / "autotts_aime24_reference.json"
 
-# label -> (controller, reference key); the first four are the ones the family must dominate.
-BASELINES: dict[str, tuple[Any, str]] = {
-    "SC@64": (SelfConsistency(n=64), "sc@64"),
-    "ASC(64,0.95)": (AdaptiveConsistency(max_samples=64, threshold=0.95), "asc(64,0.95)"),
-    "ESC(64,8)": (EarlyStoppingConsistency(max_samples=64, window_size=8), "esc(64,8)"),
-    "PP(64,T40,pp7,wu15)": (ParallelProbe(num_chains=64, T=40, prune_patience=7, warm_up=15),
-                            "parallel_probe(64,K5,T40,pp7,wu15)"),
-    "SC@16": (SelfConsistency(n=16), "sc@16"),
+# label -> key of the published reference table; the first four are the ones to dominate.
+BASELINES: dict[str, str] = {
+    "SC@64": "sc@64",
+    "ASC(64,0.95)": "asc(64,0.95)",
+    "ESC(64,8)": "esc(64,8)",
+    "PP(64,T40,pp7,wu15)": "parallel_probe(64,K5,T40,pp7,wu15)",
+    "SC@16": "sc@16",
 }
 MUST_DOMINATE = ("SC@64", "ASC(64,0.95)", "ESC(64,8)", "PP(64,T40,pp7,wu15)")
 
 Row = tuple[float, float, float]  # accuracy %, mean tokens, mean sequential tokens
 
-_WORKER_CACHE: dict[tuple[str, str, str], tuple[Any, PoolCache]] = {}
 
-
-def _slice(store: str, model: str, dataset: str) -> tuple[Any, PoolCache]:
-    key = (store, model, dataset)
-    if key not in _WORKER_CACHE:
-        arrays = load_replay(Store(store), model, dataset)
-        _WORKER_CACHE[key] = (arrays, PoolCache(arrays))
-    return _WORKER_CACHE[key]
-
-
-def _family_job(job: tuple[str, str, str, float, list[int]]) -> tuple[int, int, int, int]:
-    """Sums (correct, tokens, sequential tokens, episodes) of one β on a chunk of seeds."""
-    store, model, dataset, beta, seeds = job
-    arrays, pools = _slice(store, model, dataset)
-    res = run_episodes(lambda: ShortRace(beta=beta), arrays, seeds, pools=pools)
-    return int(res.correct.sum()), int(res.tokens.sum()), int(res.seq_tokens.sum()), res.correct.size
-
-
-def evaluate_family(store: str, models: list[str], dataset: str, betas: list[float], n_seeds: int,
-                    workers: int) -> dict[str, dict[float, Row]]:
-    """Family results per model and β, spread over worker processes by seed chunks."""
-    seeds = list(range(n_seeds))
-    n_chunks = max(1, workers)
-    chunks = [seeds[k::n_chunks] for k in range(n_chunks) if seeds[k::n_chunks]]
-    # The costliest βs first keeps the workers busy to the end.
-    jobs = [(store, m, dataset, b, c) for b in sorted(betas, reverse=True) for m in models for c in chunks]
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            outs = list(pool.map(_family_job, jobs, chunksize=1))
-    else:
-        outs = [_family_job(j) for j in jobs]
-    sums: dict[tuple[str, float], np.ndarray] = {}
-    for (_, m, _, b, _), out in zip(jobs, outs, strict=True):
-        sums[(m, b)] = sums.get((m, b), np.zeros(4)) + np.asarray(out, dtype=float)
-    result: dict[str, dict[float, Row]] = {m: {} for m in models}
-    for (m, b), (correct, tokens, seq, n) in sums.items():
-        result[m][b] = (100.0 * correct / n, tokens / n, seq / n)
-    return result
-
-
-def evaluate_baselines(store: str, models: list[str], dataset: str,
-                       n_seeds: int) -> dict[str, dict[str, Row]]:
-    """Baseline results per model, through the vectorised kernels (Question API as fallback)."""
-    out: dict[str, dict[str, Row]] = {}
-    for m in models:
-        arrays, pools = _slice(store, m, dataset)
-        out[m] = {}
-        for label, (controller, _) in BASELINES.items():
-            res = run_batched(controller, arrays, range(n_seeds))
-            if res is None:
-                res = run_episodes(lambda c=controller: c, arrays, range(n_seeds), pools=pools)
-            out[m][label] = (res.accuracy, float(res.tokens.mean()), float(res.seq_tokens.mean()))
-    return out
+def run_all(store: str, models: list[str], dataset: str, betas: list[float], n_seeds: int,
+            workers: int | None) -> tuple[dict[str, dict[float, Row]], dict[str, dict[str, Row]]]:
+    """(family per model and β, baselines per model and label), through ``ttsgym eval``'s harness."""
+    label_of = {parse_spec(PUBLISHED_SPECS[key]).text: label for label, key in BASELINES.items()}
+    table = evaluate(store, [*(PUBLISHED_SPECS[k] for k in BASELINES.values()), ShortRace.name],
+                     models=models, datasets=[dataset], betas=betas, seeds=n_seeds, workers=workers)
+    family: dict[str, dict[float, Row]] = {m: {} for m in models}
+    baselines: dict[str, dict[str, Row]] = {m: {} for m in models}
+    for r in table.to_pylist():
+        row = (r["accuracy"], r["avg_tokens"], r["avg_seq_tokens"])
+        if r["controller"] == ShortRace.name:
+            family[r["model"]][r["beta"]] = row
+        else:
+            baselines[r["model"]][label_of[r["controller"]]] = row
+    return family, baselines
 
 
 def load_cmc(path: Path | None, models: list[str], dataset: str) -> dict[str, dict[float, Row]]:
@@ -169,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--betas", default=",".join(f"{k / 10:g}" for k in range(11)),
                         help="comma-separated β grid (default 0,0.1,...,1)")
     parser.add_argument("--seeds", type=int, default=100, help="seeds 0..N-1 (default 100)")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE,
                         help="AutoTTS reference JSON for CMC's figures (skipped if absent)")
     args = parser.parse_args(argv)
@@ -183,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"the store has no slice of dataset {args.dataset!r}")
     betas = [float(b) for b in args.betas.split(",")]
 
-    family = evaluate_family(str(store.path), models, args.dataset, betas, args.seeds, args.workers)
-    baselines = evaluate_baselines(str(store.path), models, args.dataset, args.seeds)
+    family, baselines = run_all(str(store.path), models, args.dataset, betas, args.seeds, args.workers)
     cmc = load_cmc(args.reference, models, args.dataset) if args.seeds == 100 else {}
 
     print(f"short_race on {args.dataset}: {len(models)} model(s), {args.seeds} seeds, β grid {betas}")

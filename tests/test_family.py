@@ -7,7 +7,6 @@ The real-data tests import the shared AutoTTS replay data (``$TTSGYM_DATA``, def
 
 from __future__ import annotations
 
-import os
 from itertools import pairwise
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from ttsgym.controllers.family import ShortRace
 from ttsgym.env.episodes import PoolCache, run_episodes
 from ttsgym.env.question import BranchPool, Question
 
-REPO = Path(__file__).resolve().parent.parent
 FINE_GRID = [k / 100 for k in range(101)]
 COARSE_GRID = [k / 10 for k in range(11)]
 DOMINATING_BETA = 0.5  # one β that must beat SC@64, ASC, ESC and Parallel-Probe at once
@@ -130,24 +128,10 @@ def test_revisions_count_against_an_answer_and_the_cap_prunes_long_branches() ->
 
 
 @pytest.fixture(scope="session")
-def replay_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data = Path(os.environ.get("TTSGYM_DATA", REPO.parent / "shared" / "data"))
-    src = data / "autotts-replay"
-    if not src.is_dir():
-        reason = f"shared replay data not found at {src} (set TTSGYM_DATA)"
-        if os.environ.get("TTSGYM_REQUIRE_DATA") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    from ttsgym.store import import_autotts
-
-    return import_autotts(src, tmp_path_factory.mktemp("family") / "store")
-
-
-@pytest.fixture(scope="session")
-def slices(replay_store: Path) -> dict[str, tuple]:
+def slices(real_store: Path) -> dict[str, tuple]:
     from ttsgym.store import Store, load_replay
 
-    store = Store(replay_store)
+    store = Store(real_store)
     models = [s.model for s in store.slices if s.dataset == "aime24"]
     assert len(models) == 4, f"expected the 4 Qwen3 models, found {models}"
     out = {}
