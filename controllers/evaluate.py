@@ -142,8 +142,8 @@ def evaluate(
                                               for i in range(0, len(seed_list), SEED_CHUNK)]
         tasks.extend(Task(str(store.path), row.model, row.dataset, row.spec.text, row.beta,
                           tuple(c), protocol, kappa, budget, batched, r) for c in chunks)
-    # Big tasks first so the pool is not left waiting on a straggler.
-    tasks.sort(key=lambda t: (t.batched, -len(t.seeds)))
+    # Whole-slice vectorised tasks first, seed chunks after, so no worker ends on a long task.
+    tasks.sort(key=lambda t: not t.batched)
     parts: dict[int, list[tuple[int, EpisodeResults]]] = {r: [] for r in range(len(rows))}
     seconds = [0.0] * len(rows)
     n_workers = max(1, min(workers or default_workers(), len(tasks)))
