@@ -158,7 +158,7 @@ def evaluate(
     for r, row in enumerate(rows):
         res = _concat([p for _, p in sorted(parts[r], key=lambda x: x[0])])
         out.append(summarize(
-            res, model=row.model, dataset=row.dataset, controller=row.spec.label(),
+            res, model=row.model, dataset=row.dataset, controller=row.spec.text,
             name=row.spec.name, kind=row.spec.kind, beta=row.beta, protocol=protocol, kappa=kappa,
             budget=budget, synthetic=store.synthetic, seconds=seconds[r],
         ))

@@ -59,9 +59,6 @@ class ControllerSpec:
             params["beta"] = beta
         return self.cls(**params)
 
-    def label(self) -> str:
-        return self.text
-
 
 def parse_spec(text: str) -> ControllerSpec:
     """Parse ``sc:n=64``, ``parallel_probe:T=40,...`` or ``path/to/file.py:ClassName``."""

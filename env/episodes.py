@@ -69,6 +69,14 @@ class PoolCache:
         return pool
 
 
+def fresh_controller(make_controller: Callable[[], Any], seed: int) -> Any:
+    """The controller for one seed, made after seeding Python's and NumPy's global random state
+    with it, so results do not depend on how seeds are split across workers or faces."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    return make_controller()
+
+
 def run_episodes(
     make_controller: Callable[[], Any],
     arrays: Any,
@@ -96,9 +104,7 @@ def run_episodes(
     cls = TracedQuestion if trace else Question
     traces: list[list[dict[str, Any]]] = []
     for si, seed in enumerate(seeds):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        controller = make_controller()
+        controller = fresh_controller(make_controller, seed)
         for qi, q in enumerate(qs):
             pool = pools[q]
             question = cls(pool, branch_order(protocol, len(pool), seed), kappa=kappa, budget=budget)

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import os
-import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ttsgym.env.episodes import EpisodeResults
+from ttsgym.env.episodes import EpisodeResults, fresh_controller
 from ttsgym.env.gym_env import PRUNED, Engine, WidthDepthEnv
 from ttsgym.env.question import BranchPruned, BudgetExhausted, PoolExhausted
 from ttsgym.env.results import results_table, summarize
@@ -259,26 +258,19 @@ def evaluate_policy(
         raise ValueError("no seeds to evaluate")
     res = EpisodeResults.empty(seed_list, np.asarray(arrays.question_ids)[qs])
 
+    proto = policy
     make: Callable[[], Any] | None = None
     if isinstance(policy, type):
         make = policy
-        proto = policy
     elif hasattr(policy, "solve"):
         make = lambda: policy  # noqa: E731 - one shared instance, as the caller passed it
-        proto = policy
-    else:
-        proto = policy
     act = getattr(policy, "act", policy) if make is None else None
     reset_hook = getattr(policy, "reset", None) if make is None else None
     if make is None and not callable(act):
         raise TypeError("policy must be callable(obs, info), have act(obs, info), or be a controller")
 
     for si, seed in enumerate(seed_list):
-        controller = None
-        if make is not None:
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            controller = make()
+        controller = fresh_controller(make, seed) if make is not None else None
         for qi, q in enumerate(qs):
             if controller is not None:
                 try:
