@@ -30,8 +30,9 @@ given one knob β in [0, 1] (0 = cheapest, 1 = most compute).
 How to answer:
 - Submit one complete Python module: call the `submit` tool with the full source, or reply with exactly one \
 ```python block (and no other python block) — that reply is your submission.
-- If tools are offered: `evaluate_draft` screens a draft cheaply on a few questions (limited calls per \
-round), `show_trace` shows what a past candidate did in an episode, `show_code` shows a past candidate's code.
+- If tools are offered: `evaluate_draft` screens a draft cheaply on a few questions (up to {max_drafts} \
+calls per round), `show_trace` shows what a past candidate did in an episode, `show_code` shows a past \
+candidate's code.
 - Every candidate is statically checked, run in a sandbox with time and memory limits, and audited: episodes \
 are replayed with every cell the controller did not reveal replaced by other data, and any change in its \
 calls or answer rejects it as peeking. Only the public Question API works; reading private state, files, \
@@ -122,7 +123,8 @@ class ContextBuilder:
         self.max_drafts = max_drafts
 
     def system(self, tools: ToolsProtocol) -> str:
-        return RULES.format(objective=OBJECTIVE, contract=tools.contract().strip())
+        contract = tools.contract().strip()
+        return RULES.format(objective=OBJECTIVE, contract=contract, max_drafts=self.max_drafts)
 
     def messages(self, round: int, history: list[dict], tools: ToolsProtocol) -> list[dict]:
         """The round's prompt: system = rules + contract, user = the search so far."""

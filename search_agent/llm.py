@@ -139,6 +139,7 @@ class LLMClient:
         require_price(config.model, self.price, ledger.budget_usd)
         self._key = key
         self.tools_supported: bool | None = None  # learned: False once the server rejected `tools`
+        self.max_tokens_param = "max_tokens"  # OpenAI's reasoning models want max_completion_tokens
 
     def __repr__(self) -> str:
         return f"LLMClient(model={self.config.model!r}, base_url={self.config.base_url!r})"
@@ -151,6 +152,17 @@ class LLMClient:
              round: int | None = None, max_tokens: int | None = None) -> ChatResult:
         """Send one chat request; raises BudgetExceeded before sending, LLMTimeout at the wall-clock
         limit, LLMFatal when the endpoint refuses the key or model, LLMError on any other failure."""
+        try:
+            return self._chat_once(messages, tools, purpose, round, max_tokens)
+        except LLMError as err:
+            renamed = "max_completion_tokens" in str(err)
+            if err.status == 400 and self.max_tokens_param == "max_tokens" and renamed:
+                self.max_tokens_param = "max_completion_tokens"  # the same bound, under its newer name
+                return self._chat_once(messages, tools, purpose, round, max_tokens)
+            raise
+
+    def _chat_once(self, messages: list[dict], tools: list[dict] | None, purpose: str, round: int | None,
+                   max_tokens: int | None) -> ChatResult:
         cfg = self.config
         mt = max_tokens or cfg.max_tokens
         worst = self.worst_case_usd(messages, tools, mt)
@@ -210,7 +222,7 @@ class LLMClient:
     def _request(self, client: openai.OpenAI, messages: list[dict], tools: list[dict] | None, max_tokens: int,
                  deadline: float, box: dict) -> ChatResult:
         cfg = self.config
-        kwargs: dict[str, Any] = {"model": cfg.model, "messages": messages, "max_tokens": max_tokens,
+        kwargs: dict[str, Any] = {"model": cfg.model, "messages": messages, self.max_tokens_param: max_tokens,
                                   "temperature": cfg.temperature}
         if tools:
             kwargs["tools"] = tools

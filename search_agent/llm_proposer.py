@@ -153,6 +153,8 @@ class LLMProposer:
             if not r.tool_calls:
                 code, why = extract_code(r.content)
                 if code is None:
+                    if r.finish_reason == "length":
+                        why = f"{why} — the reply was cut at max_tokens (raise it, or ask for shorter code)"
                     raise _Reject(why or "no code")
                 return code, "content"
             if use_tools:

@@ -41,10 +41,11 @@ class Step:
 
 def reply(content: str | None = None, tool_calls: Iterable[dict] = (), *, usage: bool = True,
           prompt_tokens: int | None = None, completion_tokens: int | None = None,
-          chunk_delay: float = 0.0) -> Step:
-    """A 200 reply with content and/or tool calls."""
+          chunk_delay: float = 0.0, finish_reason: str | None = None) -> Step:
+    """A 200 reply with content and/or tool calls (finish_reason "length": cut at max_tokens)."""
     return Step("reply", content=content, tool_calls=list(tool_calls), usage=usage,
-                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, chunk_delay=chunk_delay)
+                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, chunk_delay=chunk_delay,
+                finish_reason=finish_reason)
 
 
 def reply_with_code(src: str, prose: str = "Here is my controller.", **kw: Any) -> Step:

@@ -207,3 +207,13 @@ def test_a_torn_last_ledger_line_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / "spend.jsonl"
     path.write_text(json.dumps({"kind": "reserve", "id": "a", "worst_usd": 0.5}) + "\n" + '{"kind": "set')
     assert CostLedger(path, 1.0).spent() == pytest.approx(0.5)
+
+
+def test_a_server_wanting_max_completion_tokens_gets_it(tmp_path: Path) -> None:
+    msg = "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens'."
+    with OpenAIStub([status(400, msg), reply("ok"), reply("again")]) as stub:
+        client = make(stub, tmp_path, max_tokens=77)
+        assert client.chat(MSGS).content == "ok" and client.chat(MSGS).content == "again"
+        bodies = [r["body"] for r in stub.chat_requests()]
+    assert bodies[0]["max_tokens"] == 77 and "max_tokens" not in bodies[1]
+    assert bodies[1]["max_completion_tokens"] == 77 == bodies[2]["max_completion_tokens"]

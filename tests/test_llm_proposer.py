@@ -251,3 +251,30 @@ def test_critic_makes_a_real_call_to_its_own_model(tmp_path: Path) -> None:
         assert '"question_id":7' in user and "class Vote" in user
         text, cost = critic.lesson({**ev, "ok": False, "stage": "audit", "reason": "peeked"}, [])
     assert text == "" and "wall-clock" in (critic.last_error or "") and cost > 0
+
+
+def test_a_reply_cut_at_max_tokens_says_so(tmp_path: Path) -> None:
+    with OpenAIStub([reply("<think>let me think about the vote threshold", finish_reason="length")]) as stub:
+        p, _ = propose(stub, tmp_path)
+    assert p.code is None and "empty" in (p.reason or "") and "cut at max_tokens" in (p.reason or "")
+
+
+def test_open_llm_shares_one_ledger_and_prices_the_critic(tmp_path: Path) -> None:
+    from ttsgym.search_agent.errors import LLMFatal
+    from ttsgym.search_agent.llm_setup import open_llm
+
+    with OpenAIStub([reply_with_code(GOOD, prompt_tokens=1000, completion_tokens=10),
+                     reply("lesson text", prompt_tokens=1000, completion_tokens=10)]) as stub:
+        side = open_llm(tmp_path / "run", base_url=stub.url, model="local-coder", critic_model="gpt-4o-mini",
+                        api_key_env="TTSGYM_TEST_KEY", price="1,2", budget_usd=5.0)
+        p = side.proposer.propose(0, [], FakeTools())
+        text, cost = side.critic.lesson({"id": "c0000", "round": 0, "ok": True, "curve": []}, [])
+        models = [r["body"]["model"] for r in stub.chat_requests()]
+    assert p.code is not None and text == "lesson text" and models == ["local-coder", "gpt-4o-mini"]
+    assert p.cost_usd == pytest.approx((1000 * 1 + 10 * 2) / 1e6)
+    assert cost == pytest.approx((1000 * 0.15 + 10 * 0.60) / 1e6)  # the table's price for the critic
+    assert side.ledger.by_round() == pytest.approx({0: p.cost_usd + cost})
+    assert (tmp_path / "run" / "spend.jsonl").exists()
+    with pytest.raises(LLMFatal, match="no price known for model 'local-coder'"):
+        open_llm(tmp_path / "run2", base_url=stub.url, model="local-coder", api_key_env="TTSGYM_TEST_KEY",
+                 budget_usd=1.0)
