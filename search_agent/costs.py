@@ -113,6 +113,10 @@ class CostLedger:
         self._lock = threading.RLock()  # an abandoned call's retry hook may run in another thread
         if self.path.exists():
             self._load()
+            with self.path.open("rb+") as f:  # end a torn last line, so the next record starts clean
+                f.seek(0, os.SEEK_END)
+                if f.tell() and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                    f.write(b"\n")
 
     def _load(self) -> None:
         with self.path.open(encoding="utf-8") as f:
@@ -122,8 +126,9 @@ class CostLedger:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
-                    # A torn last line (killed mid-write) is harmless only if it is the last one;
-                    # a reservation is always complete before its request is sent (fsync).
+                    # A record torn by a kill mid-write: a torn reservation's request was never sent
+                    # (the reservation is written and fsynced first); a torn settlement leaves its
+                    # reservation counted at the worst case. Either way, skipping it is safe.
                     continue
                 if not isinstance(rec, dict) or "id" not in rec:
                     raise ValueError(f"{self.path}:{lineno}: not a ledger record")

@@ -140,6 +140,7 @@ class LLMClient:
         self._key = key
         self.tools_supported: bool | None = None  # learned: False once the server rejected `tools`
         self.max_tokens_param = "max_tokens"  # OpenAI's reasoning models want max_completion_tokens
+        self.send_temperature = True
 
     def __repr__(self) -> str:
         return f"LLMClient(model={self.config.model!r}, base_url={self.config.base_url!r})"
@@ -152,14 +153,26 @@ class LLMClient:
              round: int | None = None, max_tokens: int | None = None) -> ChatResult:
         """Send one chat request; raises BudgetExceeded before sending, LLMTimeout at the wall-clock
         limit, LLMFatal when the endpoint refuses the key or model, LLMError on any other failure."""
-        try:
-            return self._chat_once(messages, tools, purpose, round, max_tokens)
-        except LLMError as err:
-            renamed = "max_completion_tokens" in str(err)
-            if err.status == 400 and self.max_tokens_param == "max_tokens" and renamed:
-                self.max_tokens_param = "max_completion_tokens"  # the same bound, under its newer name
+        for _ in range(3):  # at most two request-shape adaptations (refused requests are not billed)
+            try:
                 return self._chat_once(messages, tools, purpose, round, max_tokens)
-            raise
+            except LLMError as err:
+                if not self._adapt(err):
+                    raise
+        return self._chat_once(messages, tools, purpose, round, max_tokens)
+
+    def _adapt(self, err: LLMError) -> bool:
+        """Learn from a 400 that names a parameter some models refuse; True when the request changed."""
+        text = str(err)
+        if err.status != 400:
+            return False
+        if self.max_tokens_param == "max_tokens" and "max_completion_tokens" in text:
+            self.max_tokens_param = "max_completion_tokens"  # the same bound, under its newer name
+            return True
+        if self.send_temperature and "temperature" in text:
+            self.send_temperature = False  # models with a fixed sampling temperature
+            return True
+        return False
 
     def _chat_once(self, messages: list[dict], tools: list[dict] | None, purpose: str, round: int | None,
                    max_tokens: int | None) -> ChatResult:
@@ -222,8 +235,9 @@ class LLMClient:
     def _request(self, client: openai.OpenAI, messages: list[dict], tools: list[dict] | None, max_tokens: int,
                  deadline: float, box: dict) -> ChatResult:
         cfg = self.config
-        kwargs: dict[str, Any] = {"model": cfg.model, "messages": messages, self.max_tokens_param: max_tokens,
-                                  "temperature": cfg.temperature}
+        kwargs: dict[str, Any] = {"model": cfg.model, "messages": messages, self.max_tokens_param: max_tokens}
+        if self.send_temperature:
+            kwargs["temperature"] = cfg.temperature
         if tools:
             kwargs["tools"] = tools
         if not cfg.stream:

@@ -2,9 +2,11 @@
 
 Each POST /v1/chat/completions consumes the next step of the script: a reply (content and/or tool
 calls, with or without `usage`), an HTTP error status (429 with Retry-After, 500, ...), a hang, or a
-truncated body. Streaming requests (`"stream": true`) get SSE chunks, tool-call deltas included,
-and a final usage chunk when `stream_options.include_usage` is set. Every request is recorded
-(path, headers, parsed body) so tests can check what the client sent.
+truncated body; a step may also be a function of the request body returning a Step, and `default`
+answers every request after the script (e.g. for runs that are killed and resumed). Streaming
+requests (`"stream": true`) get SSE chunks, tool-call deltas included, and a final usage chunk
+when `stream_options.include_usage` is set. Every request is recorded (path, headers, parsed
+body) so tests can check what the client sent.
 
     with OpenAIStub([status(429), reply_with_code(SRC)]) as stub:
         LLMConfig(base_url=stub.url, model="stub-model", ...)
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -83,9 +85,10 @@ def truncated(content: str = "this reply is cut short") -> Step:
 class OpenAIStub:
     """A ThreadingHTTPServer on 127.0.0.1 (port 0) running a script of steps; a context manager."""
 
-    def __init__(self, script: Iterable[Step] = (), *, model: str = "stub-model",
-                 tools_supported: bool = True) -> None:
-        self.script: list[Step] = list(script)
+    def __init__(self, script: Iterable[Step | Callable[[dict], Step]] = (), *, model: str = "stub-model",
+                 tools_supported: bool = True, default: Step | Callable[[dict], Step] | None = None) -> None:
+        self.script: list[Step | Callable[[dict], Step]] = list(script)
+        self.default = default  # served once the script is used up (None: HTTP 400 "script exhausted")
         self.model = model
         self.tools_supported = tools_supported  # False: any request with `tools` gets HTTP 400
         self.requests: list[dict] = []
@@ -120,7 +123,7 @@ class OpenAIStub:
                     self._json(400, {"error": {"message": "tools are not supported by this server",
                                                "type": "invalid_request_error"}})
                     return
-                step = stub._next()
+                step = stub._next(body)
                 if step is None:
                     stub.errors.append("script exhausted")
                     self._json(400, {"error": {"message": "openai_stub: script exhausted"}})
@@ -139,14 +142,15 @@ class OpenAIStub:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="openai-stub")
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
+                                        daemon=True, name="openai-stub")
 
     @property
     def url(self) -> str:
         """The base URL to give the client (…/v1)."""
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
-    def add(self, *steps: Step) -> None:
+    def add(self, *steps: Step | Callable[[dict], Step]) -> None:
         with self._lock:
             self.script.extend(steps)
 
@@ -175,9 +179,10 @@ class OpenAIStub:
             self.requests.append({"method": handler.command, "path": handler.path, "headers": headers,
                                   "body": body})
 
-    def _next(self) -> Step | None:
+    def _next(self, body: dict) -> Step | None:
         with self._lock:
-            return self.script.pop(0) if self.script else None
+            step = self.script.pop(0) if self.script else self.default
+        return step(body) if callable(step) else step
 
     def _serve(self, h: Any, step: Step, body: dict, request_bytes: int) -> None:
         if step.kind == "status":

@@ -203,17 +203,35 @@ def test_other_http_errors_are_non_fatal_and_unbilled(tmp_path: Path) -> None:
     assert client.ledger.spent() == 0.0
 
 
-def test_a_torn_last_ledger_line_is_ignored(tmp_path: Path) -> None:
+def test_a_torn_last_ledger_line_is_ignored_and_later_records_still_count(tmp_path: Path) -> None:
     path = tmp_path / "spend.jsonl"
     path.write_text(json.dumps({"kind": "reserve", "id": "a", "worst_usd": 0.5}) + "\n" + '{"kind": "set')
-    assert CostLedger(path, 1.0).spent() == pytest.approx(0.5)
+    ledger = CostLedger(path, 1.0)
+    assert ledger.spent() == pytest.approx(0.5)
+    ledger.reserve(0.25, purpose="critic", round=1, model="m")
+    assert CostLedger(path, 1.0).spent() == pytest.approx(0.75)
+    with pytest.raises(BudgetExceeded):
+        CostLedger(path, 1.0).reserve(0.3, purpose="propose", round=2, model="m")
 
 
-def test_a_server_wanting_max_completion_tokens_gets_it(tmp_path: Path) -> None:
+def test_a_server_wanting_max_completion_tokens_and_no_temperature_gets_it(tmp_path: Path) -> None:
     msg = "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens'."
-    with OpenAIStub([status(400, msg), reply("ok"), reply("again")]) as stub:
+    temp = "Unsupported value: 'temperature' does not support 0.7 with this model."
+    with OpenAIStub([status(400, msg), status(400, temp), reply("ok"), reply("again")]) as stub:
         client = make(stub, tmp_path, max_tokens=77)
         assert client.chat(MSGS).content == "ok" and client.chat(MSGS).content == "again"
         bodies = [r["body"] for r in stub.chat_requests()]
-    assert bodies[0]["max_tokens"] == 77 and "max_tokens" not in bodies[1]
-    assert bodies[1]["max_completion_tokens"] == 77 == bodies[2]["max_completion_tokens"]
+    assert bodies[0]["max_tokens"] == 77 and bodies[0]["temperature"] == 0.7 and "max_tokens" not in bodies[1]
+    assert bodies[2]["max_completion_tokens"] == 77 == bodies[3]["max_completion_tokens"]
+    assert "temperature" not in bodies[2] and "temperature" not in bodies[3]
+    recs = [json.loads(line) for line in (tmp_path / "spend.jsonl").read_text().splitlines()]
+    settled = [r["cost_usd"] for r in recs if r["kind"] == "settle"]
+    assert len(settled) == 4 and settled[:2] == [0.0, 0.0] and all(c > 0 for c in settled[2:])
+
+
+def test_stub_serves_callable_steps_then_its_default(tmp_path: Path) -> None:
+    echo = lambda body: reply(f"you said {body['messages'][-1]['content']}")  # noqa: E731
+    with OpenAIStub([echo], default=reply("default")) as stub:
+        client = make(stub, tmp_path)
+        assert client.chat(MSGS).content == "you said write a controller"
+        assert client.chat(MSGS).content == client.chat(MSGS).content == "default"
