@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 import re
 
-from ttsgym.search_agent.context import compact_trace, format_curve
+from ttsgym.search_agent.context import compact_trace, format_curve, format_table
 from ttsgym.search_agent.errors import LLMError
 from ttsgym.search_agent.llm import LLMClient
 
 SYSTEM = (
     "You review one candidate test-time-scaling controller from a program search. Write a lesson for the "
     "next proposer: at most 3 sentences, specific and actionable — where on the β-curve it wins or loses "
-    "against the best so far (accuracy at which token cost), what its traces show it doing wrong (stopping "
-    "too early or late, wasting branches, trusting bad probes), or why it was rejected and how to avoid "
-    "that. Plain text, no code, no preamble."
+    "against the baselines and the best so far (accuracy at which token cost), what its traces show it "
+    "doing wrong (stopping too early or late, wasting branches, trusting bad probes), or why it was "
+    "rejected and how to avoid that. Plain text, no code, no preamble."
 )
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
 LESSON_CHARS = 800
@@ -54,6 +54,9 @@ class LLMCritic:
             lines.append("Audit: " + json.dumps(ev["audit"], default=str)[:400])
         best = max((r for r in history if r.get("status") == "accepted" and _objective(r) is not None
                     and r.get("id") != ev.get("id")), key=lambda r: _objective(r) or 0.0, default=None)
+        baselines = ev.get("baselines") or []
+        if baselines:
+            lines.append("Baselines on the search split:\n" + format_table(baselines[:40]))
         if best is not None:
             lines.append(f"Best so far: {best.get('id')} with objective {_objective(best):.4f}\n"
                          + format_curve(best.get("curve")))

@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 
@@ -126,10 +127,12 @@ class LLMClient:
 
     def __init__(self, config: LLMConfig, ledger: CostLedger) -> None:
         key = os.environ.get(config.api_key_env)
+        if not key and _is_loopback(config.base_url):
+            key = "EMPTY"  # a local server (vLLM, llama.cpp) started without --api-key takes any key
         if not key:
             raise LLMFatal(
-                f"environment variable {config.api_key_env} is not set: export the API key there "
-                f"(for a local server without a key, any value, e.g. {config.api_key_env}=EMPTY)"
+                f"environment variable {config.api_key_env} is not set: export the API key for "
+                f"{config.base_url} there (--api-key-env names another variable)"
             )
         if config.timeout_s <= 0 or config.max_tokens <= 0:
             raise ValueError("LLMConfig: timeout_s and max_tokens must be > 0")
@@ -303,6 +306,11 @@ def _status_error(err: openai.APIStatusError, purpose: str, cfg: LLMConfig) -> E
     out = LLMError(f"{where} failed with HTTP {err.status_code}: {detail}")
     out.status = err.status_code
     return out
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def _short(err: BaseException, limit: int = 300) -> str:

@@ -175,9 +175,14 @@ def test_the_key_is_never_written_nor_shown(tmp_path: Path) -> None:
 
 def test_configuration_errors_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TTSGYM_TEST_KEY")
-    with pytest.raises(LLMFatal, match="TTSGYM_TEST_KEY is not set"):
-        LLMClient(LLMConfig("http://127.0.0.1:9/v1", "m", api_key_env="TTSGYM_TEST_KEY"),
+    with pytest.raises(LLMFatal, match="TTSGYM_TEST_KEY is not set"):  # constructing sends nothing
+        LLMClient(LLMConfig("https://api.example.com/v1", "m", api_key_env="TTSGYM_TEST_KEY"),
                   CostLedger(tmp_path / "s.jsonl", None))
+    with OpenAIStub([reply("local")]) as stub:  # a local server needs no key
+        local = LLMClient(LLMConfig(stub.url, "m", api_key_env="TTSGYM_TEST_KEY"),
+                          CostLedger(tmp_path / "s.jsonl", None))
+        assert local.chat(MSGS).content == "local"
+        assert stub.chat_requests()[0]["headers"]["authorization"] == "Bearer EMPTY"
     monkeypatch.setenv("TTSGYM_TEST_KEY", KEY)
     with pytest.raises(LLMFatal, match=r"no price known for model 'my-local'.*--price IN,OUT"):
         LLMClient(LLMConfig("http://127.0.0.1:9/v1", "my-local", api_key_env="TTSGYM_TEST_KEY"),

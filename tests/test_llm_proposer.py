@@ -240,16 +240,18 @@ def test_critic_makes_a_real_call_to_its_own_model(tmp_path: Path) -> None:
                      hang(30)]) as stub:
         client = client_for(stub, tmp_path, model="critic-model", timeout_s=1.0)
         critic = LLMCritic(client)
-        ev = {"id": "c0002", "round": 2, "ok": True, "stage": "done", "objective": 0.41,
+        ev = {"id": "c0002", "round": 2, "status": "accepted", "stage": "done", "objective": 0.41,
+              "baselines": FakeTools().baselines(),
               "curve": history_record(2)["curve"], "traces": [FakeTools().show_trace("c0001")], "code": GOOD}
         text, cost = critic.lesson(ev, [history_record(1, objective=0.5)])
         body = stub.chat_requests()[0]["body"]
         assert text == lesson and cost == pytest.approx((500 + 100) / 1e6)
         assert body["model"] == "critic-model" and body["max_tokens"] == 1024
         user = body["messages"][1]["content"]
-        assert "0.4100" in user and "Best so far: c0001" in user
+        assert "0.4100" in user and "Best so far: c0001" in user and "accepted" in user and "SC@64" in user
         assert '"question_id":7' in user and "class Vote" in user
-        text, cost = critic.lesson({**ev, "ok": False, "stage": "audit", "reason": "peeked"}, [])
+        text, cost = critic.lesson({**ev, "status": "rejected", "stage": "audit", "reason": "peeked"}, [])
+        assert "rejected at stage audit: peeked" in stub.chat_requests()[1]["body"]["messages"][1]["content"]
     assert text == "" and "wall-clock" in (critic.last_error or "") and cost > 0
 
 
