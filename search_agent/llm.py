@@ -277,6 +277,9 @@ class LLMClient:
                         slot["arguments"] += tc.function.arguments or ""
                 if choice.finish_reason:
                     finish = choice.finish_reason
+        if finish is None and usage is None:
+            raise LLMError(f"the streamed reply from {cfg.model} stopped before it finished "
+                           "(no finish_reason): the connection was cut")
         calls = [ToolCall(s["id"] or f"call_{i}", s["name"], s["arguments"])
                  for i, s in sorted(calls_by_index.items())]
         result = ChatResult("".join(content) if content else None, calls, finish_reason=finish)

@@ -78,7 +78,8 @@ def hang(seconds: float = 30.0) -> Step:
 
 
 def truncated(content: str = "this reply is cut short") -> Step:
-    """Headers promise a longer body than is sent before the connection closes."""
+    """Non-streaming: headers promise a longer body than is sent before the connection closes.
+    Streaming: the content chunks are sent, then the connection closes without a finish."""
     return Step("truncate", content=content)
 
 
@@ -206,7 +207,7 @@ class OpenAIStub:
                   "function": {"name": tc["name"], "arguments": tc["arguments"]}}
                  for i, tc in enumerate(step.tool_calls)]
         base = {"id": "chatcmpl-stub", "created": int(time.time()), "model": body.get("model", self.model)}
-        if step.kind == "truncate":
+        if step.kind == "truncate" and not body.get("stream"):
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
             data = json.dumps({**base, "object": "chat.completion", "choices": [choice]}).encode()
             h.send_response(200)
@@ -263,6 +264,8 @@ class OpenAIStub:
                 piece = {"index": i, "function": {"arguments": args[j: j + 16]}}
                 if not send(delta({"tool_calls": [piece]})):
                     return
+        if step.kind == "truncate":  # the stream stops mid-reply: no finish_reason, no [DONE]
+            return
         if not send(delta({}, finish)):
             return
         wants_usage = step.usage and (body.get("stream_options") or {}).get("include_usage")

@@ -79,6 +79,15 @@ def test_truncated_body_retry_counts_the_lost_attempt_at_worst_case(tmp_path: Pa
     assert r.content == "ok" and client.ledger.spent() == pytest.approx(usd(50, 5, (1.0, 2.0)) + worst)
 
 
+def test_a_cut_stream_is_an_error_and_counts_at_worst_case(tmp_path: Path) -> None:
+    with OpenAIStub([truncated("```python\nclass Half:\n")]) as stub:
+        client = make(stub, tmp_path, stream=True)
+        worst = client.worst_case_usd(MSGS, None, client.config.max_tokens)
+        with pytest.raises(LLMError, match="stopped before it finished"):
+            client.chat(MSGS)
+    assert client.ledger.spent() == pytest.approx(worst)
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_hanging_server_is_cut_at_the_wall_clock_limit(tmp_path: Path, stream: bool) -> None:
     with OpenAIStub([hang(60), reply("after")]) as stub:
