@@ -204,9 +204,16 @@ class LLMClient:
                 done.set()
 
         threading.Thread(target=work, daemon=True, name=f"llm-{purpose}").start()
-        if not done.wait(max(0.0, deadline - time.monotonic())):
-            attempts.abandoned = True
-            threading.Thread(target=_close_quietly, args=(box.get("stream"), client), daemon=True).start()
+        try:
+            finished = done.wait(max(0.0, deadline - time.monotonic()))
+        except BaseException:  # Ctrl-C: stop the worker's retries too; the reservation stands
+            finished = False
+            raise
+        finally:
+            if not finished:
+                attempts.abandoned = True
+                threading.Thread(target=_close_quietly, args=(box.get("stream"), client), daemon=True).start()
+        if not finished:
             raise LLMTimeout(f"{purpose} call to {cfg.model} at {cfg.base_url} exceeded its wall-clock limit "
                              f"of {cfg.timeout_s:g} s and was abandoned (its worst case stays counted)")
         _close_quietly(None, client)
