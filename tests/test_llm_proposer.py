@@ -280,3 +280,14 @@ def test_open_llm_shares_one_ledger_and_prices_the_critic(tmp_path: Path) -> Non
     with pytest.raises(LLMFatal, match="no price known for model 'local-coder'"):
         open_llm(tmp_path / "run2", base_url=stub.url, model="local-coder", api_key_env="TTSGYM_TEST_KEY",
                  budget_usd=1.0)
+
+
+@pytest.mark.parametrize("error", [429, 500])
+def test_a_retried_error_then_success_is_one_submission_paid_once(tmp_path: Path, error: int) -> None:
+    from openai_stub import status
+
+    with OpenAIStub([status(error), reply_with_code(GOOD, prompt_tokens=100, completion_tokens=10)]) as stub:
+        p, client = propose(stub, tmp_path)
+        assert len(stub.chat_requests()) == 2
+    assert p.code is not None and p.reason is None and p.meta["llm_calls"] == 1
+    assert p.cost_usd == pytest.approx((100 + 20) / 1e6) == pytest.approx(client.ledger.spent())
