@@ -115,8 +115,9 @@ class ContextBuilder:
     """Builds [system, user] messages for a round within ``token_budget`` (estimated tokens)."""
 
     def __init__(self, token_budget: int = 16000, best_k: int = 3, rejects_k: int = 6, traces_k: int = 2,
-                 max_drafts: int = 4) -> None:
+                 max_drafts: int = 4, objective_text: str = OBJECTIVE) -> None:
         self.token_budget = token_budget
+        self.objective_text = objective_text  # keep in step with search_agent/objective.py
         self.best_k = best_k
         self.rejects_k = rejects_k
         self.traces_k = traces_k
@@ -124,7 +125,7 @@ class ContextBuilder:
 
     def system(self, tools: ToolsProtocol) -> str:
         contract = tools.contract().strip()
-        return RULES.format(objective=OBJECTIVE, contract=contract, max_drafts=self.max_drafts)
+        return RULES.format(objective=self.objective_text, contract=contract, max_drafts=self.max_drafts)
 
     def messages(self, round: int, history: list[dict], tools: ToolsProtocol) -> list[dict]:
         """The round's prompt: system = rules + contract, user = the search so far."""
