@@ -91,14 +91,15 @@ class Runner:
     which every call must be done; ``memory_mb``: address-space limit per worker; ``cpu_seconds``:
     CPU-time limit per worker (a backstop: the kernel sends SIGXCPU); ``wrapper``: argv prefix the
     worker runs under (e.g. bwrap); ``log``: file that receives the workers' stdout and stderr
-    (default: inherited); ``env``: extra environment variables.
+    (default: inherited); ``env``: extra environment variables; ``clean_env``: start from an empty
+    environment instead of the parent's (so secrets such as API keys never reach the workers).
     """
 
     def __init__(self, workers: int = 1, *, task_timeout: float | None = None,
                  deadline: float | None = None, memory_mb: int | None = None,
                  cpu_seconds: float | None = None, wrapper: Sequence[str] = (),
                  log: Path | None = None, env: Mapping[str, str] | None = None,
-                 python: str | None = None) -> None:
+                 clean_env: bool = False, python: str | None = None) -> None:
         self.workers = max(1, int(workers))
         self.task_timeout = task_timeout
         self.deadline = deadline
@@ -107,6 +108,7 @@ class Runner:
         self.wrapper = list(wrapper)
         self.log = log
         self.env = dict(env or {})
+        self.clean_env = clean_env
         self.python = python or sys.executable
         self._pool: list[_Worker] = []
         self._log_file: Any = None
@@ -141,7 +143,7 @@ class Runner:
     def _spawn(self) -> _Worker:
         r_in, w_in = os.pipe()
         r_out, w_out = os.pipe()
-        env = dict(os.environ)
+        env = {} if self.clean_env else dict(os.environ)
         for var in _THREAD_VARS:  # one thread per worker: the workers are the parallelism
             env.setdefault(var, "1")
         env["PYTHONHASHSEED"] = "0"  # set iteration order must not differ between processes
