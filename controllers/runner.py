@@ -42,7 +42,10 @@ from pathlib import Path
 from typing import Any
 
 _HEADER = struct.Struct("!I")
-_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])  # the ttsgym source tree
+_ROOT = Path(__file__).resolve().parents[1]
+# ttsgym's own packages (each top-level folder is ttsgym.<folder>): their frames are not the user's.
+_PACKAGE_DIRS = tuple(str(_ROOT / d) + os.sep for d in ("cli", "collect", "controllers", "env",
+                                                        "search_agent", "store"))
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
@@ -317,7 +320,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def user_frames(tb: Any) -> str:
     """The traceback frames that belong to the user's code: not ttsgym's, not the standard
     library's or an installed package's."""
-    skip = (_PACKAGE_DIR, sys.prefix, sys.base_prefix, "<frozen ")
+    skip = (*_PACKAGE_DIRS, sys.prefix + os.sep, sys.base_prefix + os.sep, "<frozen ")
     frames = [f for f in traceback.extract_tb(tb) if not f.filename.startswith(skip)]
     return "".join(traceback.format_list(frames)).rstrip()
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 import json
 import pickle
+import random
+import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -24,7 +26,16 @@ from tqdm import tqdm
 
 from ttsgym.controllers.runner import Call, Runner, TaskError
 from ttsgym.env.episodes import Grader
+from ttsgym.env.protocols import branch_order
 from ttsgym.env.question import BranchPool
+from ttsgym.search_agent.audit import (
+    choose_runs,
+    compact_events,
+    first_difference,
+    original_episode,
+    perturbed_episode,
+    replay_costs,
+)
 from ttsgym.search_agent.checks import check_code
 from ttsgym.search_agent.sandbox import sandbox_runner
 from ttsgym.store import Store, load_replay
@@ -274,9 +285,161 @@ def _pipeline(code: str, split: SearchSplit, result: CandidateEvaluation, *, bet
     sweep = _grade(split, slices, betas, seeds, by_key)
     result.rows = [r["row"] for r in sweep.values()]
     result.curve = _curve(result.rows, betas)
-    result.audit = {"passed": None, "episodes": 0, "detail": "not run"}
+    rng = random.Random(secrets.randbits(64))  # the candidate cannot predict what is audited
+    runs = choose_runs(slices, betas, seeds, max(0, audit_episodes), rng)
+    picks = _choose_traces(sweep, seeds, trace_episodes)
+    result.audit, replays = _audit(split, sweep, runs, picks, seeds, rng, common,
+                                   scratch=scratch, deadline=deadline, limits=limits, hide=hide, cpu=cpu)
+    result.traces = _traces(sweep, picks, seeds, replays, split)
+    if not result.audit["passed"]:
+        raise _Reject("audit", result.audit["detail"])
     _check_monotone(result.rows, slices, betas)
     result.ok, result.stage, result.reason = True, "done", None
+
+
+def _choose_traces(sweep: dict, seeds: list, n: int) -> list[tuple]:
+    """Informative episodes: wrong answers first (the most expensive, spread over slices and β),
+    then the most expensive right ones."""
+    cands = []
+    for (s, b), data in sweep.items():
+        correct, tokens = data["correct"], data["tokens"]
+        for si in range(correct.shape[0]):
+            for q in range(correct.shape[1]):
+                cands.append((bool(correct[si, q]), -int(tokens[si, q]), s, b, seeds[si], q))
+    cands.sort(key=lambda c: (c[0], c[1]))
+    picks, used = [], set()
+    for c in cands:  # one per (slice, β) first, then anything
+        if len(picks) >= n:
+            break
+        if (c[2], c[3]) not in used:
+            used.add((c[2], c[3]))
+            picks.append(c[2:])
+    for c in cands:
+        if len(picks) >= n:
+            break
+        if c[2:] not in picks:
+            picks.append(c[2:])
+    return picks
+
+
+def _audit(split: SearchSplit, sweep: dict, runs: list, picks: list, seeds: list, rng: random.Random,
+           common: dict, *, scratch: Path, deadline: float, limits: Limits, hide: list, cpu: float
+           ) -> tuple[dict, dict]:
+    """Re-run the sampled runs on original and perturbed data, each batch in a fresh sandbox
+    process; compare with each other and with the scored run. Returns (audit dict, replays)."""
+    trace_runs = list(dict.fromkeys((s, b, seed) for s, b, seed, _ in picks if (s, b, seed) not in runs))
+    pool_cache: dict = {}
+
+    def pools_of(s: tuple) -> list[BranchPool]:
+        if s not in pool_cache:
+            arrays = split.arrays(*s)
+            pool_cache[s] = [BranchPool.from_arrays(arrays, q) for q in range(arrays.n_questions)]
+        return pool_cache[s]
+
+    names = ["A", "B"]
+    rng.shuffle(names)  # which folder holds the real data is not in the path
+    folders = {"original": scratch / "audit" / names[0], "perturbed": scratch / "audit" / names[1]}
+    batches: dict[str, list[Call]] = {"original": [], "perturbed": []}
+    originals: dict[tuple, list[tuple]] = {}
+    for k, run in enumerate([*runs, *trace_runs]):
+        s, b, seed = run
+        pools = pools_of(s)
+        depths = sweep[(s, b)]["depths"][seeds.index(seed)]
+        episodes = {"original": [], "perturbed": []}
+        for q, pool in enumerate(pools):
+            order = branch_order("autotts", len(pool), seed)
+            episodes["original"].append(original_episode(pool, order))
+            if run in runs:
+                donors = [p for j, p in enumerate(pools) if j != q]
+                episodes["perturbed"].append(perturbed_episode(pool, order, depths[q], donors, rng))
+        originals[run] = episodes["original"]
+        for which in ("original", "perturbed") if run in runs else ("original",):
+            folders[which].mkdir(parents=True, exist_ok=True)
+            path = folders[which] / f"run{k}.pkl"
+            with open(path, "wb") as f:
+                pickle.dump({"mode": "fixed", "episodes": {seed: episodes[which]}}, f,
+                            protocol=pickle.HIGHEST_PROTOCOL)
+            batches[which].append(Call(f"{WORKER}:run_seeds", {**common, "pools_path": str(path), "beta": b,
+                                                              "seeds": [seed], "trace": True},
+                                       label=f"audit {s[0]}/{s[1]} β={b:g} seed {seed}"))
+    replies: dict[str, list] = {}
+    for which in ("original", "perturbed"):  # one fresh process per batch
+        if not batches[which]:
+            replies[which] = []
+            continue
+        with sandbox_runner(scratch, workers=1, deadline=deadline, memory_mb=limits.memory_mb,
+                            cpu_seconds=cpu, hide=hide) as runner:
+            try:
+                replies[which] = _run_calls(runner, batches[which], "audit")
+            except _Reject as rej:
+                return {"passed": False, "episodes": 0,
+                        "detail": f"the audit's re-run failed: {rej.reason}"}, {}
+    episodes = 0
+    replays = {}
+    for k, run in enumerate([*runs, *trace_runs]):
+        s, b, seed = run
+        n_q = len(originals[run])
+        try:
+            orig = _validate_run(replies["original"][k], 1, n_q)
+        except _Reject:
+            return {"passed": False, "episodes": episodes, "detail": "the audit's re-run sent malformed "
+                                                                     "results"}, {}
+        replays[run] = orig
+        scored = sweep[(s, b)]
+        si = seeds.index(seed)
+        qids = scored["question_ids"]
+        where = f"{s[0]}/{s[1]} β={b:g} seed {seed}"
+        for q in range(n_q):
+            same = (orig["answers"][0][q] == scored["answers"][si][q]
+                    and orig["depths"][0][q] == scored["depths"][si][q]
+                    and orig["tokens"][0][q] == int(scored["tokens"][si, q]))
+            if not same:
+                return {"passed": False, "episodes": episodes, "detail": (
+                    f"not reproducible: on {where}, question {int(qids[q])}, a re-run on the same data in a "
+                    "fresh process read different branches or answered differently than the scored run "
+                    "(a controller must be a deterministic function of its seed and what it read)")}, replays
+            problem = replay_costs(originals[run][q], orig["events"][0][q])
+            if problem:
+                return {"passed": False, "episodes": episodes,
+                        "detail": f"accounting: on {where}, question {int(qids[q])}: {problem}"}, replays
+        if run not in runs:
+            continue
+        k_p = runs.index(run)
+        pert = replies["perturbed"][k_p]
+        try:
+            pert = _validate_run(pert, 1, n_q)
+        except _Reject:
+            return {"passed": False, "episodes": episodes, "detail": "the audit's re-run sent malformed "
+                                                                     "results"}, replays
+        for q in range(n_q):
+            episodes += 1
+            diff = first_difference(orig["events"][0][q], pert["events"][0][q])
+            a, p = orig["answers"][0][q], pert["answers"][0][q]
+            if diff is None and a != p:
+                diff = f"its answer changed from {a!r} to {p!r}"
+            if diff is not None:
+                return {"passed": False, "episodes": episodes, "detail": (
+                    f"peeking: on {where}, question {int(qids[q])}, replacing the data it never read "
+                    f"changed its behaviour ({diff}); a controller may depend only on what it has read "
+                    "(a nondeterministic controller fails this too)")}, replays
+    detail = (f"{len(runs)} runs ({episodes} episodes) re-run on original and perturbed data: "
+              "same calls and answers")
+    return {"passed": True, "episodes": episodes, "detail": detail}, replays
+
+
+def _traces(sweep: dict, picks: list, seeds: list, replays: dict, split: SearchSplit) -> list[dict]:
+    out = []
+    for s, b, seed, q in picks:
+        rep = replays.get((s, b, seed))
+        if rep is None:
+            continue
+        data = sweep[(s, b)]
+        si = seeds.index(seed)
+        out.append({"model": s[0], "dataset": s[1], "beta": float(b), "seed": int(seed),
+                    "question_id": int(data["question_ids"][q]), "answer": data["answers"][si][q],
+                    "correct": bool(data["correct"][si, q]), "tokens": int(data["tokens"][si, q]),
+                    "events": compact_events(rep["events"][0][q])})
+    return out
 
 
 def _check_speed(t0: float, episodes: int, split: SearchSplit, slices: list, betas: list, seeds: list,
