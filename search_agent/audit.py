@@ -19,6 +19,7 @@ replay of its calls.
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -54,14 +55,21 @@ def original_episode(pool: BranchPool, order: Sequence[int]) -> tuple:
                   None if pool.confidences is None else [pool.confidences[b] for b in order])
 
 
+def donor_index(donors: Sequence[BranchPool]) -> tuple[list, list[int]]:
+    """Donor branches sorted by probe count (so "deep enough for d revealed probes" is a suffix)."""
+    branches = sorted(((d, b) for d in donors for b in range(len(d))), key=lambda x: len(x[0].probes[x[1]]))
+    return branches, [len(d.probes[b]) for d, b in branches]
+
+
 def perturbed_episode(pool: BranchPool, order: Sequence[int], depths: Sequence[int],
-                      donors: Sequence[BranchPool], rng: random.Random) -> tuple:
+                      donors: Sequence[BranchPool], rng: random.Random,
+                      index: tuple[list, list[int]] | None = None) -> tuple:
     """The episode in opening order with every unrevealed cell replaced by donor data.
 
     ``depths[k]`` is how many reads the scored run made on the k-th opened branch; branches at
     or past ``len(depths)`` were never opened.
     """
-    donor_branches = [(d, b) for d in donors for b in range(len(d))]
+    donor_branches, lengths = index or donor_index(donors)
     probes, tokens, finals, scores, confs = [], [], [], [], []
     has_scores, has_confs = pool.scores is not None, pool.confidences is not None
     for k, b in enumerate(order):
@@ -74,11 +82,11 @@ def perturbed_episode(pool: BranchPool, order: Sequence[int], depths: Sequence[i
             scores.append(pool.scores[b] if has_scores else None)
             confs.append(pool.confidences[b] if has_confs else None)
             continue
-        fitting = [(dp, db) for dp, db in donor_branches if len(dp.probes[db]) >= d]
-        if not fitting:  # no donor is that deep: keep the branch (nothing to swap in)
+        lo = bisect.bisect_left(lengths, d)
+        if lo == len(lengths):  # no donor is that deep: keep the branch (nothing to swap in)
             dp, db, keep_own = pool, b, True
         else:
-            (dp, db), keep_own = rng.choice(fitting), False
+            (dp, db), keep_own = donor_branches[rng.randrange(lo, len(lengths))], False
         if keep_own:
             probes.append(pool.probes[b])
             tokens.append(pool.tokens[b])

@@ -31,6 +31,7 @@ from ttsgym.env.question import BranchPool
 from ttsgym.search_agent.audit import (
     choose_runs,
     compact_events,
+    donor_index,
     first_difference,
     original_episode,
     perturbed_episode,
@@ -88,10 +89,11 @@ class CandidateEvaluation:
     checks: dict = field(default_factory=dict)
     traces: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    timings: dict = field(default_factory=dict)  # seconds per stage (load, screen, sweep, audit)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("ok", "stage", "reason", "class_name", "rows", "curve",
-                                              "audit", "checks", "traces", "seconds")}
+                                              "audit", "checks", "traces", "seconds", "timings")}
 
 
 class _Reject(Exception):
@@ -253,6 +255,7 @@ def _pipeline(code: str, split: SearchSplit, result: CandidateEvaluation, *, bet
         (info,) = _run_calls(runner, [Call(f"{WORKER}:inspect_candidate",
                                            {**common, "betas": betas}, label="load")], "load")
         _check_schedules(name, betas, info)
+        result.timings["load"] = time.monotonic() - start
         # screen: a few questions at the extremes of β, to fail fast before the sweep
         screen_t = time.monotonic()
         screen = [Call(f"{WORKER}:run_seeds", {**common, "pools_path": pools[s], "beta": b,
@@ -263,6 +266,8 @@ def _pipeline(code: str, split: SearchSplit, result: CandidateEvaluation, *, bet
         _run_calls(runner, screen, "screen")
         _check_speed(screen_t, len(screen) * SCREEN_QUESTIONS, split, slices, betas, seeds, deadline,
                      limits.workers)
+        result.timings["screen"] = time.monotonic() - screen_t
+        sweep_t = time.monotonic()
         # sweep
         calls, keys, sizes = [], [], []
         for s in slices:
@@ -283,6 +288,8 @@ def _pipeline(code: str, split: SearchSplit, result: CandidateEvaluation, *, bet
             n_q = split.arrays(*s).n_questions
             by_key[(s, b, chunk[0])] = _validate_run(reply, len(chunk), n_q)
     sweep = _grade(split, slices, betas, seeds, by_key)
+    result.timings["sweep"] = time.monotonic() - sweep_t
+    audit_t = time.monotonic()
     result.rows = [r["row"] for r in sweep.values()]
     result.curve = _curve(result.rows, betas)
     rng = random.Random(secrets.randbits(64))  # the candidate cannot predict what is audited
@@ -291,6 +298,7 @@ def _pipeline(code: str, split: SearchSplit, result: CandidateEvaluation, *, bet
     result.audit, replays = _audit(split, sweep, runs, picks, seeds, rng, common,
                                    scratch=scratch, deadline=deadline, limits=limits, hide=hide, cpu=cpu)
     result.traces = _traces(sweep, picks, seeds, replays, split)
+    result.timings["audit"] = time.monotonic() - audit_t
     if not result.audit["passed"]:
         raise _Reject("audit", result.audit["detail"])
     _check_monotone(result.rows, slices, betas)
@@ -329,6 +337,7 @@ def _audit(split: SearchSplit, sweep: dict, runs: list, picks: list, seeds: list
     process; compare with each other and with the scored run. Returns (audit dict, replays)."""
     trace_runs = list(dict.fromkeys((s, b, seed) for s, b, seed, _ in picks if (s, b, seed) not in runs))
     pool_cache: dict = {}
+    donor_cache: dict = {}
 
     def pools_of(s: tuple) -> list[BranchPool]:
         if s not in pool_cache:
@@ -351,7 +360,10 @@ def _audit(split: SearchSplit, sweep: dict, runs: list, picks: list, seeds: list
             episodes["original"].append(original_episode(pool, order))
             if run in runs:
                 donors = [p for j, p in enumerate(pools) if j != q]
-                episodes["perturbed"].append(perturbed_episode(pool, order, depths[q], donors, rng))
+                if (s, q) not in donor_cache:
+                    donor_cache[(s, q)] = donor_index(donors)
+                episodes["perturbed"].append(perturbed_episode(pool, order, depths[q], donors, rng,
+                                                               donor_cache[(s, q)]))
         originals[run] = episodes["original"]
         for which in ("original", "perturbed") if run in runs else ("original",):
             folders[which].mkdir(parents=True, exist_ok=True)
