@@ -10,6 +10,8 @@ import pyarrow.parquet as pq
 from ttsgym.cli.output import print_json, print_table
 from ttsgym.controllers.evaluate import default_workers, evaluate
 from ttsgym.controllers.registry import list_controllers
+from ttsgym.controllers.runner import TaskError, describe_exception
+from ttsgym.env.episodes import ControllerError
 from ttsgym.env.results import SUMMARY_FIELDS
 
 SPEC_HELP = ("a built-in with optional parameters (sc:n=64, asc:max_samples=64,threshold=0.95, "
@@ -30,10 +32,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=int, help="token budget per episode")
     p.add_argument("--workers", type=int, default=None,
                    help=f"processes (default: all cores, here {default_workers()})")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="seconds one task (slice × β × chunk of seeds) may take; then all workers are killed")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--out", help="write the full result table (with per-question vectors) as Parquet")
     p.add_argument("--list-controllers", action="store_true", help="list built-in controllers and exit")
     p.set_defaults(run=_run)
+
+
+def _fail(line: str, frames: str) -> int:
+    """One line naming what failed, then the user's own frames (no pool or harness frames)."""
+    print(f"ttsgym eval: error: {line}", file=sys.stderr)
+    if frames:
+        print(frames, file=sys.stderr)
+    return 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -49,13 +61,20 @@ def _run(args: argparse.Namespace) -> int:
     if not args.controller:
         raise ValueError("give at least one --controller SPEC (see --list-controllers)")
     betas = [float(b) for b in args.beta.split(",")] if args.beta else None
-    table = evaluate(
-        args.store, args.controller,
-        models=args.model.split(",") if args.model else None,
-        datasets=args.dataset.split(",") if args.dataset else None,
-        betas=betas, seeds=args.seeds, workers=args.workers, protocol=args.protocol,
-        kappa=args.kappa, budget=args.budget, progress=True,
-    )
+    if args.timeout is not None and args.timeout <= 0:
+        raise ValueError("--timeout must be a positive number of seconds")
+    try:
+        table = evaluate(
+            args.store, args.controller,
+            models=args.model.split(",") if args.model else None,
+            datasets=args.dataset.split(",") if args.dataset else None,
+            betas=betas, seeds=args.seeds, workers=args.workers, protocol=args.protocol,
+            kappa=args.kappa, budget=args.budget, progress=True, timeout=args.timeout,
+        )
+    except TaskError as exc:
+        return _fail(str(exc), exc.frames)
+    except ControllerError as exc:  # inline run (one worker, no timeout): same report
+        return _fail(*describe_exception(exc))
     if args.out:
         pq.write_table(table, args.out)
     rows = [{k: r[k] for k in SUMMARY_FIELDS} for r in table.to_pylist()]

@@ -8,13 +8,11 @@ chunks of seeds through the Question API, and chunks are stitched back in seed o
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import sys
 import time
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +20,7 @@ from tqdm import tqdm
 
 from ttsgym.controllers.batched import run_batched
 from ttsgym.controllers.registry import ControllerSpec, parse_spec
+from ttsgym.controllers.runner import Call, Runner
 from ttsgym.env.episodes import EpisodeResults, PoolCache, run_episodes
 from ttsgym.env.protocols import parse_protocol
 from ttsgym.env.results import results_table, summarize
@@ -79,6 +78,25 @@ def run_task(task: Task) -> tuple[int, EpisodeResults, float]:
     return task.row, res, time.perf_counter() - start
 
 
+def run_task_json(task: dict) -> dict:
+    """:func:`run_task` for the process runner: a task as a dict in, plain lists out."""
+    row, res, sec = run_task(Task(**{**task, "seeds": tuple(task["seeds"])}))
+    return {"row": row, "seconds": sec, "seeds": res.seeds.tolist(), "correct": res.correct.tolist(),
+            "tokens": res.tokens.tolist(), "seq_tokens": res.seq_tokens.tolist(),
+            "opened": res.opened.tolist()}
+
+
+def _from_json(data: dict, question_ids: np.ndarray) -> tuple[int, EpisodeResults, float]:
+    res = EpisodeResults(
+        seeds=np.asarray(data["seeds"], dtype=np.int64), question_ids=question_ids,
+        correct=np.asarray(data["correct"], dtype=bool).reshape(len(data["seeds"]), -1),
+        tokens=np.asarray(data["tokens"], dtype=np.int64).reshape(len(data["seeds"]), -1),
+        seq_tokens=np.asarray(data["seq_tokens"], dtype=np.int64).reshape(len(data["seeds"]), -1),
+        opened=np.asarray(data["opened"], dtype=np.int32).reshape(len(data["seeds"]), -1),
+    )
+    return int(data["row"]), res, float(data["seconds"])
+
+
 def _concat(parts: list[EpisodeResults]) -> EpisodeResults:
     if len(parts) == 1:
         return parts[0]
@@ -109,11 +127,14 @@ def evaluate(
     kappa: int = 0,
     budget: int | None = None,
     progress: bool = False,
+    timeout: float | None = None,
 ) -> pa.Table:
     """Evaluate controller specs on a store; one result row per (model, dataset, controller, β).
 
     Baselines ignore ``betas`` (one row, β = null); β-families and user classes get one row per
-    β (β-families default to 0, 0.25, 0.5, 0.75, 1 when no β is given).
+    β (β-families default to 0, 0.25, 0.5, 0.75, 1 when no β is given). ``timeout`` bounds each
+    task (one slice × β × chunk of seeds) in seconds; a task that fails or runs out of time
+    raises :class:`~ttsgym.controllers.runner.TaskError` after every worker is killed.
     """
     store = store if isinstance(store, Store) else Store(store)
     parse_protocol(protocol)
@@ -150,7 +171,7 @@ def evaluate(
     bar = tqdm(total=_episodes(tasks, store), desc="eval", unit="ep", disable=not progress,
                file=sys.stderr, smoothing=0.1)
     with bar:
-        for r, res, sec in _run_all(tasks, n_workers):
+        for r, res, sec in _run_all(tasks, n_workers, timeout, store):
             parts[r].append((int(res.seeds[0]), res))
             seconds[r] += sec
             bar.update(res.correct.size)
@@ -170,22 +191,25 @@ def _episodes(tasks: list[Task], store: Store) -> int:
     return sum(len(t.seeds) * questions[(t.model, t.dataset)] for t in tasks)
 
 
-def _run_all(tasks: list[Task], n_workers: int):
-    if n_workers == 1:
+def _run_all(tasks: list[Task], n_workers: int, timeout: float | None,
+             store: Store) -> Iterator[tuple[int, EpisodeResults, float]]:
+    """Inline when one worker and no timeout (Ctrl-C interrupts the user's code directly);
+    otherwise through the process runner, which kills its workers on timeout, error or Ctrl-C."""
+    if n_workers == 1 and timeout is None:
         for task in tasks:
             yield run_task(task)
         return
-    ctx = _context()
-    with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
-        futures = [pool.submit(run_task, t) for t in tasks]
-        for fut in as_completed(futures):
-            yield fut.result()
+    ids = {(s.model, s.dataset): None for s in store.slices}
+    for key in ids:
+        ids[key] = load_replay(store, *key).question_ids
+    calls = [Call("ttsgym.controllers.evaluate:run_task_json", {"task": asdict(t)}, label=_task_label(t))
+             for t in tasks]
+    with Runner(n_workers, task_timeout=timeout) as runner:
+        for i, data in runner.map(calls):
+            yield _from_json(data, ids[(tasks[i].model, tasks[i].dataset)])
 
 
-def _context() -> mp.context.BaseContext:
-    """forkserver where available (fast starts, no fork-with-threads hazards), else spawn."""
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["ttsgym.controllers.evaluate"])
-        return ctx
-    return mp.get_context("spawn")
+def _task_label(task: Task) -> str:
+    beta = "" if task.beta is None else f" β={task.beta:g}"
+    seeds = f"seed {task.seeds[0]}" if len(task.seeds) == 1 else f"seeds {task.seeds[0]}-{task.seeds[-1]}"
+    return f"{task.spec} on {task.model}/{task.dataset}{beta} {seeds}"

@@ -45,6 +45,11 @@ class EpisodeResults:
         )
 
 
+class ControllerError(RuntimeError):
+    """A controller's ``solve`` raised; the message names the question and seed, the cause is
+    the controller's own exception."""
+
+
 class Grader:
     """The gold side of a slice: which canonical answer is right for each question."""
 
@@ -75,6 +80,11 @@ def fresh_controller(make_controller: Callable[[], Any], seed: int) -> Any:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     return make_controller()
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def run_episodes(
@@ -113,10 +123,16 @@ def run_episodes(
             except BudgetExhausted:
                 answer = question.majority()
             except Exception as exc:
-                raise RuntimeError(
-                    f"controller failed on question {int(arrays.question_ids[q])} "
+                raise ControllerError(
+                    f"{type(controller).__name__}.solve failed on question {int(arrays.question_ids[q])} "
                     f"(seed {seed}): {type(exc).__name__}: {exc}"
                 ) from exc
+            if answer is not None and not isinstance(answer, str):
+                raise TypeError(
+                    f"{type(controller).__name__}.solve returned {type(answer).__name__} "
+                    f"{_short(answer)} on question {int(arrays.question_ids[q])} (seed {seed}); "
+                    "an answer must be a str or None"
+                )
             out.correct[si, qi] = grade(q, answer)
             out.tokens[si, qi] = question.total_tokens
             out.seq_tokens[si, qi] = question.seq_tokens
