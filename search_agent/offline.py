@@ -104,28 +104,38 @@ def diagnose(curve: list[dict] | None) -> list[str]:
     return ops
 
 
-def _lower_lo(g: dict, rng: random.Random) -> dict:
-    key = rng.choice(["width", "max_votes", space.STOP_KNOB[g["stop"]]])
+def _shift(g: dict, key: str, end: str, step: int) -> dict:
+    """Move one schedule endpoint ``step`` places along its allowed values (clipped)."""
     s = dict(g[key])
     values = space.SCHEDULED[key]["values"]
-    k = values.index(s["lo"])
-    if k == 0:
-        return space.mutate(g, rng)
-    s["lo"] = values[k - 1]
-    if s["shape"] == "lin" and rng.random() < 0.5:
-        s["shape"] = "geo"  # a wider range wants a geometric spread of the β points
-    return space.validate({**g, key: s})
+    k = min(max(values.index(s[end]) + step, 0), len(values) - 1)
+    s[end] = values[k]
+    if s["lo"] > s["hi"]:
+        s["lo"], s["hi"] = s["hi"], s["lo"]
+    return {**g, key: s}
 
 
-def _raise_hi(g: dict, rng: random.Random) -> dict:
-    key = rng.choice(["width", "max_votes", space.STOP_KNOB[g["stop"]]])
-    s = dict(g[key])
-    values = space.SCHEDULED[key]["values"]
-    k = values.index(s["hi"])
-    if k == len(values) - 1:
-        return space.mutate(g, rng)
-    s["hi"] = values[k + 1]
-    return space.validate({**g, key: s})
+def _cheapen(g: dict, rng: random.Random) -> dict:
+    """Lower the β = 0 end of the spend drivers (width and vote count; the stop level when both
+    are at their minimum) and spread the points geometrically over the longer range."""
+    child = dict(g)
+    drivers = [k for k in ("width", "max_votes") if g[k]["lo"] > space.SCHEDULED[k]["values"][0]]
+    if not drivers:
+        drivers = [space.STOP_KNOB[g["stop"]]]
+    for key in rng.sample(drivers, k=rng.choice((1, len(drivers)))):
+        child = _shift(child, key, "lo", -1)
+        if child[key]["lo"] != child[key]["hi"] and rng.random() < 0.6:
+            child[key] = {**child[key], "shape": "geo"}
+    return space.validate(child)
+
+
+def _extend(g: dict, rng: random.Random) -> dict:
+    """Raise the β = 1 end of one or two spend drivers (vote count, stop level, width)."""
+    keys = ["max_votes", space.STOP_KNOB[g["stop"]], "width"]
+    child = dict(g)
+    for key in rng.sample(keys, k=rng.choice((1, 2))):
+        child = _shift(child, key, "hi", +1)
+    return space.validate(child)
 
 
 def _reshape(g: dict, rng: random.Random) -> dict:
@@ -138,17 +148,30 @@ def _reshape(g: dict, rng: random.Random) -> dict:
     return space.validate({**g, key: s})
 
 
+COMPONENT_GENES = (*space.CHOICES, "revision_weight", "length_gamma", "settle_run", "support_weight")
+
+
 def _component(g: dict, rng: random.Random) -> dict:
-    key = rng.choice([*space.CHOICES, "revision_weight", "length_gamma", "settle_run"])
+    """Switch one component (a rule choice or a rule's weight), keeping the schedules."""
+    used = space.active_genes(g)
+    key = rng.choice([k for k in COMPONENT_GENES if k in used])
     return space.mutate_gene(g, key, rng)
+
+
+def combine(parent: dict, a: dict, b: dict) -> dict:
+    """The parent with the changes of both ``a`` and ``b`` (``a`` wins where both changed a gene)."""
+    out = {}
+    for key in space.GENES:
+        out[key] = a[key] if a[key] != parent[key] else b[key]
+    return space.validate(out)
 
 
 def offspring(op: str, parent: dict, other: dict | None, rng: random.Random) -> dict:
     """One child of ``parent`` by the named operator."""
     if op == "cheapen":
-        return _lower_lo(parent, rng)
+        return _cheapen(parent, rng)
     if op == "extend":
-        return _raise_hi(parent, rng)
+        return _extend(parent, rng)
     if op == "reshape":
         return _reshape(parent, rng)
     if op == "component":
@@ -178,18 +201,30 @@ class OfflineProposer:
         parent_rec, parent = pool[0] if pool else (None, base)
         others = [g for _, g in pool[1:4]]
         plan = diagnose(parent_rec.get("curve") if parent_rec else None)
-        ops = [*plan[:2], "component", "crossover" if others else "mutate", "mutate", "component"]
+        n = self.drafts if tools is not None else 0
+        ops = [*plan[:2], "component", "crossover" if others else "component", "combine"][: max(n, 1)]
+        if len(ops) < max(n, 1):
+            ops += ["mutate"] * (max(n, 1) - len(ops))
+        if n >= 3 and ops[n - 1] != "combine":
+            ops[n - 1] = "combine"
         children: list[tuple[str, dict]] = []
         tried: list[str] = []
         drafts: list[dict] = []
-        best: tuple[float, int, dict, str] | None = None
-        n = self.drafts if tools is not None else 0
-        for k in range(max(n, 1)):
-            op = ops[k] if k < len(ops) else "mutate"
-            src = parent
-            if best is not None and k >= 2 and best[0] > -math.inf:
-                src = best[2]  # climb from the best draft so far
-            child = self._novel(op, src, rng.choice(others) if others else None, rng, seen)
+        scored: list[tuple[float, int, dict, str]] = []  # (draft objective, order, genome, op)
+        for k, op in enumerate(ops):
+            child = None
+            good = sorted((x for x in scored if x[0] > -math.inf), key=lambda x: (-x[0], x[1]))
+            if op == "combine":
+                if len(good) >= 2:  # both of the round's best moves at once
+                    merged = space.canonical(combine(parent, good[0][2], good[1][2]))
+                    if space.genome_key(merged) not in seen:
+                        child = merged
+                if child is None:
+                    op = good[0][3] if good and good[0][3] != "combine" else "component"
+                    src = good[0][2] if good else parent  # climb from the round's best draft
+                    child = self._novel(op, src, None, rng, seen)
+            else:
+                child = self._novel(op, parent, rng.choice(others) if others else None, rng, seen)
             if child is None:
                 continue
             key = space.genome_key(child)
@@ -205,8 +240,8 @@ class OfflineProposer:
             drafts.append({"key": key, "op": op, "ok": bool(result.get("ok")),
                            "objective": score if score > -math.inf else None,
                            "reason": result.get("reason")})
-            if best is None or score > best[0]:
-                best = (score, k, child, op)
+            scored.append((score, k, child, op))
+        best = min(scored, key=lambda x: (-x[0], x[1])) if scored else None
         if not children:
             return Proposal(code=None, reason="offline proposer: no new genome found near the elites",
                             meta={"tried": tried}, prompt="(no novel offspring)")

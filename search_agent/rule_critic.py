@@ -3,7 +3,7 @@
 It says why a candidate failed, how its objective compares with the best earlier candidate,
 on which budget band (low / mid / high tokens) its frontier falls below the best earlier one's
 and below the baselines (when the evaluation carries them), what its genome changed against its
-parent, and which component choices go with higher objectives across the history so far.
+parent, and which gene changes brought the largest objective changes (child minus parent).
 """
 
 from __future__ import annotations
@@ -56,21 +56,25 @@ def _changes(child: dict, parent: dict) -> list[str]:
     return out
 
 
-def component_effects(history: list[dict], min_count: int = 2) -> list[str]:
-    """Choices whose accepted candidates average a higher objective than the other options' do."""
-    rows = [(float(r["objective"]), g) for r in history
-            if r.get("status") == "accepted" and _finite(r.get("objective")) and (g := _genome(r))]
-    notes = []
-    for key in space.CHOICES:
-        groups: dict[str, list[float]] = {}
-        for obj, g in rows:
-            groups.setdefault(str(g[key]), []).append(obj)
-        big = {k: sum(v) / len(v) for k, v in groups.items() if len(v) >= min_count}
-        if len(big) >= 2:
-            hi, lo = max(big, key=big.get), min(big, key=big.get)
-            if big[hi] - big[lo] >= 0.3:
-                notes.append(f"{key}={hi} averages {big[hi] - big[lo]:+.1f} over {key}={lo}")
-    return notes[:3]
+def component_effects(history: list[dict], top: int = 3) -> list[str]:
+    """Gene changes ranked by the objective change they brought, child minus accepted parent
+    (a paired comparison, so a change is not credited with what its ancestors did)."""
+    by_id = {r.get("id"): r for r in history}
+    gains: dict[str, list[float]] = {}
+    for r in history:
+        parent = by_id.get((r.get("meta") or {}).get("parent"))
+        if parent is None or not all(x.get("status") == "accepted" and _finite(x.get("objective"))
+                                     for x in (r, parent)):
+            continue
+        child, pg = _genome(r), _genome(parent)
+        if child is None or pg is None:
+            continue
+        delta = float(r["objective"]) - float(parent["objective"])
+        for change in _changes(child, pg):
+            gains.setdefault(change, []).append(delta)
+    ranked = sorted(gains.items(), key=lambda kv: -abs(sum(kv[1]) / len(kv[1])))
+    return [f"{change}: {sum(d) / len(d):+.2f}" + (f" (mean of {len(d)})" if len(d) > 1 else "")
+            for change, d in ranked[:top] if abs(sum(d) / len(d)) >= 0.1]
 
 
 def rule_lesson(evaluation: dict, history: list[dict]) -> str:
@@ -131,5 +135,5 @@ def rule_lesson(evaluation: dict, history: list[dict]) -> str:
             parts.append(f"Changed vs {parent_id}: {'; '.join(changed[:3])}.")
     effects = component_effects([*history, evaluation])
     if effects:
-        parts.append("So far " + "; ".join(effects) + ".")
+        parts.append("Objective change per gene change so far: " + "; ".join(effects) + ".")
     return " ".join(parts)

@@ -110,8 +110,9 @@ def test_rendered_programs_run_on_a_tiny_store(tiny_store: Path, tmp_path: Path)
 
 def short_race_genome() -> dict:
     g = space.seed_genome()
-    g.update({"max_votes": {"lo": 2, "hi": 32, "shape": "geo"}, "theta": {"lo": 0.8, "hi": 0.99, "shape": "lin"},
-              "cap": "rank", "probe_vote": "confirm", "revision_weight": 1.0, "fallback": "settled"})
+    g.update({"max_votes": {"lo": 2, "hi": 32, "shape": "geo"},
+              "theta": {"lo": 0.8, "hi": 0.99, "shape": "lin"}, "cap": "rank", "probe_vote": "confirm",
+              "revision_weight": 1.0, "fallback": "settled"})
     return g
 
 
