@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ttsgym.store import AutoTTSFormatError, StoreError
 
-COMMAND_MODULES = ("store_cmds", "synth_cmd", "eval_cmd", "report_cmd", "demo_cmd")
+COMMAND_MODULES = ("store_cmds", "synth_cmd", "eval_cmd", "report_cmd", "demo_cmd", "search_cmd")
 USER_ERRORS = (AutoTTSFormatError, StoreError, FileNotFoundError, FileExistsError, ValueError,
                TypeError, KeyError)
 
@@ -29,16 +29,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["search", "report"]:  # a sub-command of `search`, whose own flags differ
+        from ttsgym.cli.search_cmd import run_report
+
+        return run_guarded("search report", lambda: run_report(argv[2:]))
     parser = build_parser()
     args = parser.parse_args(argv)
+    return run_guarded(args.command, lambda: args.run(args))
+
+
+def run_guarded(command: str, fn: Callable[[], int | None]) -> int:
+    """Run a command: a user error prints one line and exits 2, Ctrl-C exits 130."""
     try:
-        return int(args.run(args) or 0)
+        return int(fn() or 0)
     except USER_ERRORS as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"ttsgym {args.command}: error: {message}", file=sys.stderr)
+        print(f"ttsgym {command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ttsgym {args.command}: interrupted", file=sys.stderr)
+        print(f"ttsgym {command}: interrupted", file=sys.stderr)
         return 130
 
 

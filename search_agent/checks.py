@@ -62,6 +62,7 @@ class _Checker(ast.NodeVisitor):
         self.errors: list[dict[str, Any]] = []
         self.modules: dict[str, str] = {}  # local name -> module name
         self.imports: list[str] = []
+        self.from_names: set[str] = set()  # names bound by `from <allowed module> import name`
 
     def error(self, node: ast.AST | None, message: str) -> None:
         self.errors.append({"line": getattr(node, "lineno", None), "col": getattr(node, "col_offset", None),
@@ -109,6 +110,8 @@ class _Checker(ast.NodeVisitor):
                     self.error(node, f"{base!r} has no name {alias.name!r}")
                 elif isinstance(value, types.ModuleType) and value.__name__ not in ALLOWED_MODULES:
                     self.error(node, f"{full!r} is the module {value.__name__!r}, which is not allowed")
+                else:
+                    self.from_names.add(local)
 
     # -- names and attributes ----------------------------------------------------------------
 
@@ -226,7 +229,8 @@ class _Checker(ast.NodeVisitor):
         func = d.func if isinstance(d, ast.Call) else d
         if isinstance(func, ast.Name) and func.id in ("staticmethod", "classmethod", "property"):
             ok = not isinstance(d, ast.Call)
-        elif isinstance(func, ast.Attribute) and _module_chain(func, self.modules) is not None:
+        elif ((isinstance(func, ast.Attribute) and _module_chain(func, self.modules) is not None)
+              or (isinstance(func, ast.Name) and func.id in self.from_names)):  # from functools import cache
             ok = True
         else:
             ok = isinstance(d, ast.Attribute) and d.attr in ("setter", "getter", "deleter")
@@ -341,9 +345,9 @@ def check_code(code: str, class_name: str | None = None) -> CheckReport:
             checker.visit_Import(node)
         elif isinstance(node, ast.ImportFrom):
             checker.visit_ImportFrom(node)
-    modules = checker.modules
+    modules, from_names = checker.modules, checker.from_names
     checker = _Checker()
-    checker.modules = modules
+    checker.modules, checker.from_names = modules, from_names
     checker.visit(tree)
     chosen, class_errors = _find_class(tree, class_name)
     errors = checker.errors + class_errors
