@@ -374,8 +374,8 @@ A lockstep race over the question's branches, assembled from these component cho
 Every scheduled knob grows with beta (larger beta spends more); see ``schedule``.
 """
 
+import functools
 import math
-from functools import lru_cache
 
 from scipy.stats import beta as beta_law
 
@@ -387,7 +387,7 @@ INF = float("inf")
 GENOME = {genome}
 
 
-@lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=65536)
 def leader_confidence(top, second):
     """P(the leading answer is the true majority) under ASC's Beta model."""
     return float(1.0 - beta_law.cdf(0.5, top + 1.0, second + 1.0))
