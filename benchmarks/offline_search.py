@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ttsgym.controllers.evaluate import evaluate
+from ttsgym.controllers.registry import parse_spec
 from ttsgym.search_agent import space
 from ttsgym.search_agent.objective import objective
 from ttsgym.search_agent.offline import OfflineProposer
@@ -74,7 +75,7 @@ def report(title: str, models: list[str], final: dict, args: argparse.Namespace)
                     models=models, workers=args.workers).to_pylist()
     base = {}
     for name, spec in BASELINE_SPECS.items():
-        mine = [r for r in rows if r["controller"] == spec]
+        mine = [r for r in rows if r["controller"] == parse_spec(spec).text]
         n = len(mine)
         base[name] = (sum(r["accuracy"] for r in mine) / n, sum(r["avg_tokens"] for r in mine) / n)
     print(f"\n== {title}: {', '.join(models)}; {args.final_seeds} seeds; objective {final['objective']:.3f}")
@@ -102,6 +103,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--models", default=None, help="search split: comma-separated models (default all)")
     ap.add_argument("--final-seeds", type=int, default=100, help="re-score the selected controller")
+    ap.add_argument("--rescore", type=Path, default=None,
+                    help="skip the search: re-score the best record of this history file")
     ap.add_argument("--out", type=Path, default=None, help="write the history (JSON lines) here")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,8 +112,10 @@ def main() -> None:
         tools = InProcessTools(args.store, Path(tmp), args.draft_seeds, args.workers, search_models)
         proposer = OfflineProposer(seed=args.seed, drafts=args.drafts)
         history: list[dict] = []
+        if args.rescore:
+            history = [json.loads(line) for line in args.rescore.read_text().splitlines() if line.strip()]
         start = time.perf_counter()
-        for rnd in range(args.rounds):
+        for rnd in range(0 if args.rescore else args.rounds):
             t0 = time.perf_counter()
             prop = proposer.propose(rnd, history, tools)
             if prop.code is None:

@@ -151,3 +151,14 @@ def test_rule_lesson_follows_its_input() -> None:
     assert "new best" in rule_lesson(better, history)
     with_baseline = {**better, "baselines": [{"controller": "SC@64", "accuracy": 99.0, "avg_tokens": 9e5}]}
     assert "Never reaches SC@64" in rule_lesson(with_baseline, history)
+
+
+def test_a_raising_tool_costs_the_draft_not_the_round() -> None:
+    class Broken:
+        def evaluate_draft(self, code: str) -> dict:
+            raise RuntimeError("sandbox down")
+
+    history, _ = run(2)
+    prop = OfflineProposer().propose(2, history, Broken())
+    assert prop.code is not None
+    assert all(not d["ok"] and "sandbox down" in d["reason"] for d in prop.meta["drafts"])
