@@ -234,7 +234,10 @@ class OfflineProposer:
             if not n:
                 break
             code, _ = space.render(child)
-            result = tools.evaluate_draft(code) if tools is not None else {}
+            try:
+                result = tools.evaluate_draft(code) if tools is not None else {}
+            except Exception as exc:  # a broken tool costs the draft, never the round
+                result = {"ok": False, "reason": f"evaluate_draft raised {type(exc).__name__}: {exc}"}
             score = float(result["objective"]) if result.get("ok") and _finite(result.get("objective")) \
                 else -math.inf
             drafts.append({"key": key, "op": op, "ok": bool(result.get("ok")),

@@ -126,7 +126,10 @@ def validate(genome: dict[str, Any]) -> dict[str, Any]:
 def active_genes(genome: dict[str, Any]) -> set[str]:
     """The genes the genome's component choices actually use."""
     used = {*CHOICES, "width", "max_votes", "max_branches", STOP_KNOB[genome["stop"]], "revision_weight",
-            "length_gamma", "settle_run"}
+            "length_gamma"}
+    if (genome["probe_vote"] != "none" or genome["revision_weight"] or genome["fallback"] == "settled"
+            or genome["tie"] == "support"):
+        used.add("settle_run")  # settling only matters to the rules that read it
     if genome["width_rule"] != "fixed":
         used.add("width_step")
     if genome["cap"] == "rank":
@@ -374,8 +377,8 @@ A lockstep race over the question's branches, assembled from these component cho
 Every scheduled knob grows with beta (larger beta spends more); see ``schedule``.
 """
 
+import functools
 import math
-from functools import lru_cache
 
 from scipy.stats import beta as beta_law
 
@@ -387,7 +390,7 @@ INF = float("inf")
 GENOME = {genome}
 
 
-@lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=65536)
 def leader_confidence(top, second):
     """P(the leading answer is the true majority) under ASC's Beta model."""
     return float(1.0 - beta_law.cdf(0.5, top + 1.0, second + 1.0))
@@ -431,9 +434,12 @@ def solve(self, question):
     width = int(hp["width"])
     max_votes = int(hp["max_votes"])
     max_branches = min(int(hp["max_branches"]), q.pool_size)
-    settle = int(hp["settle_run"])
     revision_weight = float(hp["revision_weight"])
 ''', 1)
+    if "settle_run" in active_genes(g):
+        add('settle = int(hp["settle_run"])')
+    else:
+        add('settle = 2  # no rule of this program reads settled answers')
     stop = g["stop"]
     if stop == "beta":
         add('theta = float(hp["theta"])')

@@ -151,3 +151,28 @@ def test_rule_lesson_follows_its_input() -> None:
     assert "new best" in rule_lesson(better, history)
     with_baseline = {**better, "baselines": [{"controller": "SC@64", "accuracy": 99.0, "avg_tokens": 9e5}]}
     assert "Never reaches SC@64" in rule_lesson(with_baseline, history)
+
+
+def test_a_raising_tool_costs_the_draft_not_the_round() -> None:
+    class Broken:
+        def evaluate_draft(self, code: str) -> dict:
+            raise RuntimeError("sandbox down")
+
+    history, _ = run(2)
+    prop = OfflineProposer().propose(2, history, Broken())
+    assert prop.code is not None
+    assert all(not d["ok"] and "sandbox down" in d["reason"] for d in prop.meta["drafts"])
+
+
+def test_critic_credits_the_gene_change_of_a_child_over_its_parent() -> None:
+    from ttsgym.search_agent.rule_critic import component_effects
+
+    parent_g = space.canonical(space.seed_genome())
+    child_g = space.canonical({**parent_g, "cap": "rank"})
+    history = [
+        {"id": "a", "status": "accepted", "objective": 50.0, "meta": {"genome": parent_g}},
+        {"id": "b", "status": "accepted", "objective": 53.0, "meta": {"genome": child_g, "parent": "a"}},
+        {"id": "c", "status": "rejected", "objective": None, "meta": {"genome": parent_g, "parent": "b"}},
+    ]
+    effects = component_effects(history)
+    assert len(effects) == 1 and effects[0].startswith("cap none ⇒ rank") and "+3.00" in effects[0]

@@ -45,6 +45,12 @@ def screen(source: str) -> list[str]:
             problems.append(f"attribute {node.attr} at line {node.lineno}")
         elif isinstance(node, ast.Name) and (node.id in FORBIDDEN_CALLS or node.id.startswith("__")):
             problems.append(f"name {node.id} at line {node.lineno}")
+        elif isinstance(node, ast.FunctionDef):
+            for d in node.decorator_list:  # a module's function (functools.lru_cache) or a method kind
+                func = d.func if isinstance(d, ast.Call) else d
+                if not (isinstance(func, ast.Attribute) or (isinstance(func, ast.Name) and func.id in (
+                        "classmethod", "staticmethod"))):
+                    problems.append(f"decorator at line {d.lineno}")
     return problems
 
 
@@ -67,6 +73,7 @@ def test_the_screen_can_fail() -> None:
     assert screen("x = [1]\nx.__class__\n")
     assert screen("def f(q):\n    return q._pool_fin\n")
     assert screen("print('side effect')\n")
+    assert screen("from functools import cache\n@cache\ndef f():\n    return 1\n")
 
 
 @pytest.mark.parametrize("genome", genomes(40), ids=lambda g: space.genome_key(g))
