@@ -284,8 +284,8 @@ def _pipeline(code: str, split: SearchSplit, result: CandidateEvaluation, *, bet
                        label=f"screen {s[0]}/{s[1]} β={b:g}")
                   for s in slices for b in sorted({min(betas), max(betas)})]
         for reply in _run_calls(runner, screen, "screen"):
-            cpu = reply.get("cpu") if isinstance(reply, dict) else None
-            screen_cpu.append(float(cpu) if isinstance(cpu, int | float) and cpu >= 0 else 0.0)
+            used = reply.get("cpu") if isinstance(reply, dict) else None
+            screen_cpu.append(float(used) if isinstance(used, int | float) and used >= 0 else 0.0)
         n_screen = sum(len(c.kwargs["questions"]) for c in screen)
         _check_speed(sum(screen_cpu), n_screen, split, slices, betas, seeds, deadline, limits.workers)
         result.timings["screen"] = time.monotonic() - screen_t
@@ -381,11 +381,10 @@ def _audit(split: SearchSplit, sweep: dict, runs: list, picks: list, seeds: list
             order = branch_order("autotts", len(pool), seed)
             episodes["original"].append(original_episode(pool, order))
             if run in runs:
-                donors = [p for j, p in enumerate(pools) if j != q]
-                if (s, q) not in donor_cache:
-                    donor_cache[(s, q)] = donor_index(donors)
-                episodes["perturbed"].append(perturbed_episode(pool, order, depths[q], donors, rng,
-                                                               donor_cache[(s, q)]))
+                if s not in donor_cache:
+                    donor_cache[s] = donor_index(pools)
+                episodes["perturbed"].append(perturbed_episode(pools, q, order, depths[q], rng,
+                                                               donor_cache[s]))
         originals[run] = episodes["original"]
         for which in ("original", "perturbed") if run in runs else ("original",):
             folders[which].mkdir(parents=True, exist_ok=True)
@@ -396,18 +395,20 @@ def _audit(split: SearchSplit, sweep: dict, runs: list, picks: list, seeds: list
             batches[which].append(Call(f"{WORKER}:run_seeds", {**common, "pools_path": str(path), "beta": b,
                                                               "seeds": [seed], "trace": True},
                                        label=f"audit {s[0]}/{s[1]} β={b:g} seed {seed}"))
+    # One call per batch; two calls on two new workers: each batch in its own fresh process.
+    batch_calls = [Call(f"{WORKER}:run_batch", {"calls": [dict(c.kwargs) for c in batches[w]]},
+                        label=f"audit ({len(batches[w])} runs)") for w in ("original", "perturbed")]
     replies: dict[str, list] = {}
-    for which in ("original", "perturbed"):  # one fresh process per batch
-        if not batches[which]:
-            replies[which] = []
-            continue
-        with sandbox_runner(scratch, workers=1, deadline=deadline, memory_mb=limits.memory_mb,
-                            cpu_seconds=cpu, hide=hide) as runner:
-            try:
-                replies[which] = _run_calls(runner, batches[which], "audit")
-            except _Reject as rej:
-                return {"passed": False, "episodes": 0,
-                        "detail": f"the audit's re-run failed: {rej.reason}"}, {}
+    with sandbox_runner(scratch, workers=2, deadline=deadline, memory_mb=limits.memory_mb,
+                        cpu_seconds=cpu, hide=hide) as runner:
+        try:
+            got = _run_calls(runner, batch_calls, "audit")
+        except _Reject as rej:
+            return {"passed": False, "episodes": 0, "detail": f"the audit's re-run failed: {rej.reason}"}, {}
+    for w, reply in zip(("original", "perturbed"), got, strict=True):
+        if not isinstance(reply, list) or len(reply) != len(batches[w]):
+            return {"passed": False, "episodes": 0, "detail": "the audit's re-run sent malformed results"}, {}
+        replies[w] = reply
     episodes = 0
     replays = {}
     for k, run in enumerate([*runs, *trace_runs]):

@@ -152,3 +152,8 @@ def run_seeds(code_path: str, class_name: str, pools_path: str, beta: float, see
             out[k].append(row[k])
     out["cpu"] = time.process_time() - cpu_start  # the pace the screen extrapolates from
     return out
+
+
+def run_batch(calls: list[dict]) -> list[dict]:
+    """Several :func:`run_seeds` calls in one process, in order (the audit's batches)."""
+    return [run_seeds(**kwargs) for kwargs in calls]
