@@ -297,6 +297,8 @@ def describe_exit(code: int | None, memory_mb: int | None = None, cpu_seconds: f
         return f"the worker died from signal {signal.Signals(sig).name}"
     if code == 0:
         return "the worker exited before answering (did the code call exit?)"
+    if code > 128 and code - 128 in (signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL, signal.SIGSEGV):
+        return describe_exit(128 - code, memory_mb, cpu_seconds)  # bwrap reports a signal as 128 + n
     return f"the worker exited with status {code}"
 
 
