@@ -93,14 +93,16 @@ class Runner:
     ``task_timeout``: seconds one call may take; ``deadline``: a ``time.monotonic()`` instant by
     which every call must be done; ``memory_mb``: address-space limit per worker; ``cpu_seconds``:
     CPU-time limit per worker (a backstop: the kernel sends SIGXCPU); ``wrapper``: argv prefix the
-    worker runs under (e.g. bwrap); ``log``: file that receives the workers' stdout and stderr
+    worker runs under (e.g. bwrap); ``file_mb``: largest file a worker may write (``RLIMIT_FSIZE``,
+    its log included); ``log``: file that receives the workers' stdout and stderr
     (default: inherited); ``env``: extra environment variables; ``clean_env``: start from an empty
     environment instead of the parent's (so secrets such as API keys never reach the workers).
     """
 
     def __init__(self, workers: int = 1, *, task_timeout: float | None = None,
                  deadline: float | None = None, memory_mb: int | None = None,
-                 cpu_seconds: float | None = None, wrapper: Sequence[str] = (),
+                 cpu_seconds: float | None = None, file_mb: int | None = None,
+                 wrapper: Sequence[str] = (),
                  log: Path | None = None, env: Mapping[str, str] | None = None,
                  clean_env: bool = False, python: str | None = None) -> None:
         self.workers = max(1, int(workers))
@@ -108,6 +110,7 @@ class Runner:
         self.deadline = deadline
         self.memory_mb = memory_mb
         self.cpu_seconds = cpu_seconds
+        self.file_mb = file_mb
         self.wrapper = list(wrapper)
         self.log = log
         self.env = dict(env or {})
@@ -151,7 +154,7 @@ class Runner:
             env.setdefault(var, "1")
         env["PYTHONHASHSEED"] = "0"  # set iteration order must not differ between processes
         env.update(self.env)
-        limits = [str(self.memory_mb or 0), str(self.cpu_seconds or 0)]
+        limits = [str(self.memory_mb or 0), str(self.cpu_seconds or 0), str(self.file_mb or 0)]
         argv = [*self.wrapper, self.python, "-m", "ttsgym.controllers.runner", str(r_in), str(w_out),
                 *limits]
         if self.log is not None and self._log_file is None:
@@ -287,11 +290,15 @@ def describe_exit(code: int | None, memory_mb: int | None = None, cpu_seconds: f
         sig = -code
         if sig == signal.SIGXCPU:
             return f"the worker exceeded its CPU-time limit ({cpu_seconds:g} s)"
+        if sig == signal.SIGXFSZ:
+            return "the worker exceeded its file-size limit (too much output?)"
         if sig == signal.SIGKILL:
             return "the worker was killed (SIGKILL; out of memory?)"
         return f"the worker died from signal {signal.Signals(sig).name}"
     if code == 0:
         return "the worker exited before answering (did the code call exit?)"
+    if code > 128 and code - 128 in (signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL, signal.SIGSEGV):
+        return describe_exit(128 - code, memory_mb, cpu_seconds)  # bwrap reports a signal as 128 + n
     return f"the worker exited with status {code}"
 
 
@@ -354,9 +361,11 @@ def _describe(exc: BaseException) -> dict[str, Any]:
             "message": line, "frames": frames, "type": type(root).__name__}
 
 
-def _set_limits(memory_mb: int, cpu_seconds: float) -> None:
+def _set_limits(memory_mb: int, cpu_seconds: float, file_mb: int = 0) -> None:
     import resource
 
+    if file_mb > 0:  # a worker printing forever cannot fill the disk through its log
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_mb << 20, file_mb << 20))
     if memory_mb > 0:
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -394,9 +403,10 @@ def worker_main(argv: Sequence[str]) -> int:
     fd_in, fd_out = int(argv[0]), int(argv[1])
     memory_mb = int(argv[2]) if len(argv) > 2 else 0
     cpu_seconds = float(argv[3]) if len(argv) > 3 else 0.0
+    file_mb = int(argv[4]) if len(argv) > 4 else 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when a worker stops
     _die_with_parent()
-    _set_limits(memory_mb, cpu_seconds)
+    _set_limits(memory_mb, cpu_seconds, file_mb)
     functions: dict[str, Any] = {}
     while True:
         header = _read_exact(fd_in, _HEADER.size)

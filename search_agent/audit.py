@@ -55,21 +55,24 @@ def original_episode(pool: BranchPool, order: Sequence[int]) -> tuple:
                   None if pool.confidences is None else [pool.confidences[b] for b in order])
 
 
-def donor_index(donors: Sequence[BranchPool]) -> tuple[list, list[int]]:
-    """Donor branches sorted by probe count (so "deep enough for d revealed probes" is a suffix)."""
-    branches = sorted(((d, b) for d in donors for b in range(len(d))), key=lambda x: len(x[0].probes[x[1]]))
-    return branches, [len(d.probes[b]) for d, b in branches]
+def donor_index(pools: Sequence[BranchPool]) -> tuple[list[tuple[int, int]], list[int]]:
+    """Every (question, branch) of a slice sorted by probe count, built once per slice, so the
+    donors deep enough for d revealed probes are a suffix found by bisection."""
+    entries = sorted(((q, b) for q, p in enumerate(pools) for b in range(len(p))),
+                     key=lambda x: len(pools[x[0]].probes[x[1]]))
+    return entries, [len(pools[q].probes[b]) for q, b in entries]
 
 
-def perturbed_episode(pool: BranchPool, order: Sequence[int], depths: Sequence[int],
-                      donors: Sequence[BranchPool], rng: random.Random,
-                      index: tuple[list, list[int]] | None = None) -> tuple:
-    """The episode in opening order with every unrevealed cell replaced by donor data.
+def perturbed_episode(pools: Sequence[BranchPool], q: int, order: Sequence[int], depths: Sequence[int],
+                      rng: random.Random, index: tuple[list, list[int]] | None = None) -> tuple:
+    """Question ``q``'s episode in opening order with every unrevealed cell replaced by data
+    from other questions' branches (``pools`` is the slice).
 
     ``depths[k]`` is how many reads the scored run made on the k-th opened branch; branches at
     or past ``len(depths)`` were never opened.
     """
-    donor_branches, lengths = index or donor_index(donors)
+    pool = pools[q]
+    entries, lengths = index or donor_index(pools)
     probes, tokens, finals, scores, confs = [], [], [], [], []
     has_scores, has_confs = pool.scores is not None, pool.confidences is not None
     for k, b in enumerate(order):
@@ -82,23 +85,31 @@ def perturbed_episode(pool: BranchPool, order: Sequence[int], depths: Sequence[i
             scores.append(pool.scores[b] if has_scores else None)
             confs.append(pool.confidences[b] if has_confs else None)
             continue
-        lo = bisect.bisect_left(lengths, d)
-        if lo == len(lengths):  # no donor is that deep: keep the branch (nothing to swap in)
-            dp, db, keep_own = pool, b, True
-        else:
-            (dp, db), keep_own = donor_branches[rng.randrange(lo, len(lengths))], False
-        if keep_own:
+        donor = _draw(entries, bisect.bisect_left(lengths, d), q, rng)
+        if donor is None:  # no other question has a branch that deep: keep this one
+            dp, db = pool, b
             probes.append(pool.probes[b])
-            tokens.append(pool.tokens[b])
-            finals.append(pool.finals[b])
         else:
+            dp, db = pools[donor[0]], donor[1]
             probes.append(tuple(pool.probes[b][:d]) + tuple(dp.probes[db][d:]))
-            tokens.append(dp.tokens[db])
-            finals.append(dp.finals[db])
+        tokens.append(dp.tokens[db])
+        finals.append(dp.finals[db])
         scores.append(_signal(pool.scores, b, dp.scores, db, d) if has_scores else None)
         confs.append(_signal(pool.confidences, b, dp.confidences, db, d) if has_confs else None)
     return _tuple(probes, tokens, finals, pool.interval, scores if has_scores else None,
                   confs if has_confs else None)
+
+
+def _draw(entries: list[tuple[int, int]], lo: int, q: int, rng: random.Random) -> tuple[int, int] | None:
+    """A random entry at or after ``lo`` that belongs to another question than ``q``."""
+    if lo >= len(entries):
+        return None
+    for _ in range(32):
+        e = entries[rng.randrange(lo, len(entries))]
+        if e[0] != q:
+            return e
+    others = [e for e in entries[lo:] if e[0] != q]
+    return rng.choice(others) if others else None
 
 
 def _signal(own: list, b: int, donor: list | None, db: int, d: int) -> tuple:

@@ -329,6 +329,9 @@ def _find_class(tree: ast.Module, class_name: str | None) -> tuple[str | None, l
 
 def check_code(code: str, class_name: str | None = None) -> CheckReport:
     """Check candidate source against the contract; never raises for bad code."""
+    if not isinstance(code, str):
+        return CheckReport(False, None, [{"line": None, "col": None,
+                                          "message": f"the code must be a str, got {type(code).__name__}"}])
     if len(code) > _MAX_CODE:
         return CheckReport(False, None, [{"line": None, "col": None,
                                           "message": f"the code is longer than {_MAX_CODE} characters"}])

@@ -168,7 +168,25 @@ def _validate_run(data: Any, n_seeds: int, n_q: int) -> dict:
         for row in data[k]:
             if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in row):
                 raise _Reject("sweep", "the worker sent malformed token counts")
+    for k in ("depths", "pruned"):
+        for row in data[k]:
+            for ep in row:
+                if not isinstance(ep, list) or any(not isinstance(v, int) or isinstance(v, bool) for v in ep):
+                    raise _Reject("sweep", "the worker sent malformed read states")
+    if "events" in data and not _valid_events(data["events"], n_seeds, n_q):
+        raise _Reject("audit", "the worker sent a malformed trace")
     return data
+
+
+def _valid_events(events: Any, n_seeds: int, n_q: int) -> bool:
+    if not isinstance(events, list) or len(events) != n_seeds:
+        return False
+    for row in events:
+        if not isinstance(row, list) or len(row) != n_q:
+            return False
+        if any(not isinstance(ep, list) or any(not isinstance(e, dict) for e in ep) for ep in row):
+            return False
+    return True
 
 
 def _run_calls(runner: Runner, calls: list[Call], stage: str, bar: Any = None,
@@ -258,14 +276,18 @@ def _pipeline(code: str, split: SearchSplit, result: CandidateEvaluation, *, bet
         result.timings["load"] = time.monotonic() - start
         # screen: a few questions at the extremes of β, to fail fast before the sweep
         screen_t = time.monotonic()
+        screen_cpu: list[float] = []
         screen = [Call(f"{WORKER}:run_seeds", {**common, "pools_path": pools[s], "beta": b,
                                                "seeds": seeds[:1],
-                                               "questions": list(range(SCREEN_QUESTIONS))},
+                                               "questions": list(range(min(SCREEN_QUESTIONS,
+                                                                           split.arrays(*s).n_questions)))},
                        label=f"screen {s[0]}/{s[1]} β={b:g}")
                   for s in slices for b in sorted({min(betas), max(betas)})]
-        _run_calls(runner, screen, "screen")
-        _check_speed(screen_t, len(screen) * SCREEN_QUESTIONS, split, slices, betas, seeds, deadline,
-                     limits.workers)
+        for reply in _run_calls(runner, screen, "screen"):
+            used = reply.get("cpu") if isinstance(reply, dict) else None
+            screen_cpu.append(float(used) if isinstance(used, int | float) and used >= 0 else 0.0)
+        n_screen = sum(len(c.kwargs["questions"]) for c in screen)
+        _check_speed(sum(screen_cpu), n_screen, split, slices, betas, seeds, deadline, limits.workers)
         result.timings["screen"] = time.monotonic() - screen_t
         sweep_t = time.monotonic()
         # sweep
@@ -359,11 +381,10 @@ def _audit(split: SearchSplit, sweep: dict, runs: list, picks: list, seeds: list
             order = branch_order("autotts", len(pool), seed)
             episodes["original"].append(original_episode(pool, order))
             if run in runs:
-                donors = [p for j, p in enumerate(pools) if j != q]
-                if (s, q) not in donor_cache:
-                    donor_cache[(s, q)] = donor_index(donors)
-                episodes["perturbed"].append(perturbed_episode(pool, order, depths[q], donors, rng,
-                                                               donor_cache[(s, q)]))
+                if s not in donor_cache:
+                    donor_cache[s] = donor_index(pools)
+                episodes["perturbed"].append(perturbed_episode(pools, q, order, depths[q], rng,
+                                                               donor_cache[s]))
         originals[run] = episodes["original"]
         for which in ("original", "perturbed") if run in runs else ("original",):
             folders[which].mkdir(parents=True, exist_ok=True)
@@ -374,18 +395,20 @@ def _audit(split: SearchSplit, sweep: dict, runs: list, picks: list, seeds: list
             batches[which].append(Call(f"{WORKER}:run_seeds", {**common, "pools_path": str(path), "beta": b,
                                                               "seeds": [seed], "trace": True},
                                        label=f"audit {s[0]}/{s[1]} β={b:g} seed {seed}"))
+    # One call per batch; two calls on two new workers: each batch in its own fresh process.
+    batch_calls = [Call(f"{WORKER}:run_batch", {"calls": [dict(c.kwargs) for c in batches[w]]},
+                        label=f"audit ({len(batches[w])} runs)") for w in ("original", "perturbed")]
     replies: dict[str, list] = {}
-    for which in ("original", "perturbed"):  # one fresh process per batch
-        if not batches[which]:
-            replies[which] = []
-            continue
-        with sandbox_runner(scratch, workers=1, deadline=deadline, memory_mb=limits.memory_mb,
-                            cpu_seconds=cpu, hide=hide) as runner:
-            try:
-                replies[which] = _run_calls(runner, batches[which], "audit")
-            except _Reject as rej:
-                return {"passed": False, "episodes": 0,
-                        "detail": f"the audit's re-run failed: {rej.reason}"}, {}
+    with sandbox_runner(scratch, workers=2, deadline=deadline, memory_mb=limits.memory_mb,
+                        cpu_seconds=cpu, hide=hide) as runner:
+        try:
+            got = _run_calls(runner, batch_calls, "audit")
+        except _Reject as rej:
+            return {"passed": False, "episodes": 0, "detail": f"the audit's re-run failed: {rej.reason}"}, {}
+    for w, reply in zip(("original", "perturbed"), got, strict=True):
+        if not isinstance(reply, list) or len(reply) != len(batches[w]):
+            return {"passed": False, "episodes": 0, "detail": "the audit's re-run sent malformed results"}, {}
+        replies[w] = reply
     episodes = 0
     replays = {}
     for k, run in enumerate([*runs, *trace_runs]):
@@ -454,14 +477,15 @@ def _traces(sweep: dict, picks: list, seeds: list, replays: dict, split: SearchS
     return out
 
 
-def _check_speed(t0: float, episodes: int, split: SearchSplit, slices: list, betas: list, seeds: list,
+def _check_speed(cpu: float, episodes: int, split: SearchSplit, slices: list, betas: list, seeds: list,
                  deadline: float, workers: int) -> None:
-    """Reject before the sweep when the screen's pace says the sweep cannot finish in time."""
-    per_episode = (time.monotonic() - t0) / max(1, episodes)
+    """Reject before the sweep when the screen's pace (CPU seconds per episode, which a busy
+    machine does not inflate) says the sweep cannot finish in time even on idle cores."""
+    per_episode = cpu / max(1, episodes)
     total = sum(split.arrays(*s).n_questions for s in slices) * len(betas) * len(seeds)
     expected = per_episode * total / max(1, workers)
     left = deadline - time.monotonic()
-    if expected > 2.0 * left and expected > 5.0:
+    if expected > 3.0 * left and expected > 5.0:
         raise _Reject("screen", f"too slow: at the screen's pace ({per_episode * 1000:.1f} ms per episode) "
                                 f"the sweep would take about {expected:.0f} s, {left:.0f} s are left")
 

@@ -13,6 +13,7 @@ lives in holds no gold answers or correctness at all (the parent grades).
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 from ttsgym.env.question import Question
@@ -44,22 +45,12 @@ class QuestionView:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"the question is read-only (cannot delete {name!r})")
 
-    @property
-    def n_opened(self) -> int:
-        return self._q.n_opened
-
-    @property
-    def total_tokens(self) -> int:
-        return self._q.total_tokens
-
-    @property
-    def seq_tokens(self) -> int:
-        """Tokens of the deepest branch: the latency proxy."""
-        return self._q.seq_tokens
-
-    @property
-    def tokens_left(self) -> float:
-        return self._q.tokens_left
+    # Counters read the Question's slots through C-level getters: no Python frame per read,
+    # so they cost what the Question's own properties cost (tests hold them equal).
+    n_opened = property(attrgetter("_q._opened"), doc="Branches opened so far.")
+    total_tokens = property(attrgetter("_q._total"), doc="Tokens read so far over all branches.")
+    seq_tokens = property(attrgetter("_q._seq"), doc="Tokens of the deepest branch: the latency proxy.")
+    tokens_left = property(attrgetter("_q.tokens_left"), doc="Budget minus tokens read.")
 
     def __repr__(self) -> str:
         return f"<Question: {self.n_opened}/{self.pool_size} branches open, {self.total_tokens} tokens>"

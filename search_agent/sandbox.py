@@ -89,6 +89,6 @@ def sandbox_runner(scratch: Path, *, workers: int, deadline: float | None, memor
     env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
     env["HOME"] = str(scratch)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return Runner(workers, deadline=deadline, memory_mb=memory_mb, cpu_seconds=cpu_seconds,
+    return Runner(workers, deadline=deadline, memory_mb=memory_mb, cpu_seconds=cpu_seconds, file_mb=64,
                   wrapper=bwrap_argv(scratch, hide), log=scratch / "worker.log", env=env,
                   clean_env=True, python=sys.executable)

@@ -19,6 +19,7 @@ import importlib.util
 import math
 import pickle
 import sys
+import time
 from typing import Any
 
 from ttsgym.env.episodes import ControllerError, fresh_controller
@@ -67,8 +68,11 @@ def _jsonable(value: Any) -> Any:
 def inspect_candidate(code_path: str, class_name: str, betas: list[float]) -> dict:
     """Schedules per β (as JSON-safe values) and whether ``Class(config={"beta": b})`` builds."""
     cls = load_class(code_path, class_name)
-    schedule = vars(cls).get("schedule") if "schedule" in vars(cls) else None
-    kind = type(schedule).__name__ if schedule is not None else "missing"
+    kind = "missing"
+    for klass in cls.__mro__:  # the defining class tells whether it is a class- or staticmethod
+        if "schedule" in vars(klass):
+            kind = type(vars(klass)["schedule"]).__name__
+            break
     if not callable(getattr(cls, "solve", None)):
         raise TypeError(f"{class_name} has no solve(question) method")
     rows = []
@@ -104,6 +108,7 @@ def run_seeds(code_path: str, class_name: str, pools_path: str, beta: float, see
               trace: bool = False) -> dict:
     """Run the candidate on ``seeds`` × ``questions`` of one pool file; a fresh controller per
     seed (the global random state seeded with it), questions in order, as the evaluator does."""
+    cpu_start = time.process_time()
     cls = load_class(code_path, class_name)
     data = _pool_file(pools_path)
     fixed = data["mode"] == "fixed"
@@ -145,4 +150,10 @@ def run_seeds(code_path: str, class_name: str, pools_path: str, beta: float, see
                 row["events"].append([_jsonable(e) for e in question.events])
         for k in out:
             out[k].append(row[k])
+    out["cpu"] = time.process_time() - cpu_start  # the pace the screen extrapolates from
     return out
+
+
+def run_batch(calls: list[dict]) -> list[dict]:
+    """Several :func:`run_seeds` calls in one process, in order (the audit's batches)."""
+    return [run_seeds(**kwargs) for kwargs in calls]

@@ -30,3 +30,8 @@ def add(a: int, b: int) -> int:
 
 def boom() -> None:
     raise ValueError("boom from user code")
+
+
+def spin() -> None:
+    while True:
+        pass

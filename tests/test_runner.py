@@ -79,3 +79,16 @@ def test_under_bwrap_nothing_is_written_outside_scratch(tmp_path: Path) -> None:
         runner.env["PYTHONPATH"] = HELPERS["PYTHONPATH"]
         (_, path), = runner.map([Call("sandbox_helpers:write_file", {"path": str(scratch / "ok.txt")})])
     assert Path(path).read_text() == "escaped"
+
+
+def test_cpu_limit_ends_a_spinning_worker() -> None:
+    with Runner(1, cpu_seconds=1, env=HELPERS) as runner, pytest.raises(TaskError) as info:
+        list(runner.map([Call("sandbox_helpers:spin")]))
+    assert info.value.kind == "crash" and "CPU-time limit" in info.value.message
+
+
+def test_bwraps_exit_codes_are_read_as_signals() -> None:
+    from ttsgym.controllers.runner import describe_exit
+
+    assert "CPU-time limit (10 s)" in describe_exit(128 + 24, cpu_seconds=10)
+    assert describe_exit(-9).startswith("the worker was killed")

@@ -153,3 +153,9 @@ def test_a_nondeterministic_controller_fails_the_audit(split: SearchSplit, tmp_p
     res = run(code, split, tmp_path)
     assert not res.ok and res.stage == "audit", res.reason
     assert "not reproducible" in res.reason or "peeking" in res.reason
+
+
+def test_a_store_with_fewer_questions_than_the_screen_works(tiny_store: Path, tmp_path: Path) -> None:
+    res = run(GOOD, SearchSplit.open(tiny_store), tmp_path)
+    assert res.ok, res.reason
+    assert {r["episodes"] for r in res.rows} == {2 * 3}
