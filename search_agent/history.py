@@ -45,23 +45,12 @@ def candidate_id(round_no: int) -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a temporary file in the same folder, fsynced, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_jsonable)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON atomically (see :func:`write_text`)."""
+    write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (see :func:`write_json`)."""
+    """Write a text file atomically: a temporary file in the same folder, fsynced, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
