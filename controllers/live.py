@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,17 @@ from ttsgym.env.question import BranchPruned, BudgetExhausted, PoolExhausted
 from ttsgym.env.voting import majority
 
 _INF = float("inf")
+
+
+class _NoTimeoutNotice(logging.Filter):
+    """math-verify warns once that parse runs without its signal timeout, which is by design in
+    controller threads (see store/answers.py); the notice would only confuse a live user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+logging.getLogger("math_verify.parser").addFilter(_NoTimeoutNotice())
 
 
 class EpisodeCancelled(RuntimeError):
@@ -471,6 +483,9 @@ class LiveSession:
         """Check the server and tokenise the probe suffixes once."""
         await self.client.check()
         self.plan = await make_plan(self.client, self.settings)
+        checker = self.settings.checker
+        # Import math-verify (about a second) now rather than inside the first episode.
+        await asyncio.get_running_loop().run_in_executor(None, lambda: AnswerClasses(checker)("1/2"))
 
     async def solve(self, make_controller: Callable[[], Any], question: str, *,
                     order: Sequence[int] | None = None, kappa: int = 0, budget: int | None = None,
