@@ -27,6 +27,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -478,6 +479,7 @@ class LiveSession:
         self.pool_size = pool_size
         self.speculation = speculation or Speculation()
         self.plan = None
+        self._prompts: OrderedDict[str, tuple[list[int], str]] = OrderedDict()
 
     async def prepare(self) -> None:
         """Check the server and tokenise the probe suffixes once."""
@@ -486,6 +488,18 @@ class LiveSession:
         checker = self.settings.checker
         # Import math-verify (about a second) now rather than inside the first episode.
         await asyncio.get_running_loop().run_in_executor(None, lambda: AnswerClasses(checker)("1/2"))
+
+    async def _generator(self, question: str) -> LiveGenerator:
+        """A generator for the question; its chat-prompt ids are cached (a server asks often)."""
+        cached = self._prompts.get(question)
+        if cached is None:
+            gen = await LiveGenerator.start(self.client, self.plan, self.settings, question)
+            self._prompts[question] = (gen.prompt_ids, gen.prompt_text)
+            while len(self._prompts) > 1024:
+                self._prompts.popitem(last=False)
+            return gen
+        self._prompts.move_to_end(question)
+        return LiveGenerator(self.client, self.plan, question, cached[0], cached[1])
 
     async def solve(self, make_controller: Callable[[], Any], question: str, *,
                     order: Sequence[int] | None = None, kappa: int = 0, budget: int | None = None,
@@ -500,7 +514,7 @@ class LiveSession:
             await self.prepare()
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
-        gen = await LiveGenerator.start(self.client, self.plan, self.settings, question)
+        gen = await self._generator(question)
         q = LiveQuestion(gen, loop, pool_size=self.pool_size, order=order, kappa=kappa, budget=budget,
                          checker=self.settings.checker, speculation=self.speculation, trace=trace)
         if on_question is not None:

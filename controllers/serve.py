@@ -165,6 +165,7 @@ class _State:
         self.active = 0
         self.served = 0
         self.refused = 0
+        self.disconnected = 0
         self.session: LiveSession | None = None
         self.ready = asyncio.Lock()
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=config.max_concurrency,
@@ -252,7 +253,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         started = time.time()
         try:
             session = await state.session_ready()
-        except (RequestFailed, ServerError) as exc:
+        except RequestFailed as exc:
+            return _error(504 if "Timeout" in str(exc) else 502, f"upstream {config.upstream}: {exc}",
+                          "upstream_error")
+        except ServerError as exc:
             return _error(502, f"upstream {config.upstream}: {exc}", "upstream_error")
         spec = config.spec
         task = asyncio.ensure_future(session.solve(
@@ -268,6 +272,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             with contextlib.suppress(BaseException):
                 await task
             if watch in done:  # the client is gone: nobody reads this
+                state.disconnected += 1
                 return _error(499, "client closed the request", "cancelled")
             return _error(504, f"no answer within {config.request_timeout_s:g} s", "timeout")
         try:

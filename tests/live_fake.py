@@ -28,11 +28,13 @@ SETTINGS = CollectSettings(model="fake", dataset="toy", branches=8, interval=16,
 
 
 class FastFakeVLLM(FakeVLLM):
-    """FakeVLLM without the Nagle stall, optionally with a fixed per-completion service time; it
-    also tracks the most completions it ever had in flight at once."""
+    """FakeVLLM without the Nagle stall, optionally with a fixed per-completion service time or a
+    gate that holds completions; it counts completions and the most it had in flight at once."""
 
     def __init__(self, *, delay_s: float = 0.0, **kwargs: Any) -> None:
         self.delay_s = delay_s
+        self.gate: threading.Event | None = None  # when set to an Event, completions wait for it
+        self.completions = 0
         self.in_flight = 0
         self.max_in_flight = 0
         super().__init__(**kwargs)
@@ -41,7 +43,11 @@ class FastFakeVLLM(FakeVLLM):
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.completions += 1
+            gate = self.gate
         try:
+            if gate is not None:
+                gate.wait()
             if self.delay_s:
                 time.sleep(self.delay_s)
             return super().complete(body)
