@@ -44,10 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from ttsgym.collect.client import RetryPolicy
-    from ttsgym.controllers.serve import ServeConfig, check_bind, create_app
+    from ttsgym.controllers.serve import ServeConfig, bind_socket, check_bind, create_app, run_server
 
     api_key = None
     if args.api_key_env:
@@ -75,5 +73,9 @@ def _run(args: argparse.Namespace) -> int:
     print(f"ttsgym serve: {spec.text}{betas} over {args.upstream} ({settings.model}) on "
           f"http://{args.host}:{args.port}/v1 as model {config.served_model!r}"
           + ("" if api_key else " (no key: loopback only)"), file=sys.stderr, flush=True)
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
+    sock = bind_socket(args.host, args.port)
+    try:
+        run_server(create_app(config), sock)
+    finally:
+        sock.close()
     return 0
