@@ -7,6 +7,8 @@ same tokens and answers as the recorded branch.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,38 +78,56 @@ def probe_positions(n_tokens: int, interval: int, finish_reason: str) -> list[in
 async def collect_branch(client: CollectClient, plan: BranchPlan, question: str, branch_id: int,
                          prompt_ids: list[int], prompt_text: str,
                          scorer: CollectClient | None = None) -> BranchResult:
-    """Generate and probe one branch; raises what the client raises when requests keep failing."""
+    """Generate and probe one branch; raises what the client raises when requests keep failing.
+
+    The probe of chunk k runs while chunk k + 1 is generated (both need only the prefix up to
+    k), one probe in flight per branch; the recorded data are the same as strictly in turn.
+    """
     ids: list[int] = []
     pieces: list[str] = []
     seeds: list[int] = []
     probes: list[Probe] = []
     result = BranchResult(branch_id, ids, "", "length", ERR, seeds, probes)
+
+    async def do_probe(prefix: list[int], text_so_far: str) -> None:
+        suffix = plan.suffix_think if think_open(prompt_text + text_so_far) else plan.suffix_plain
+        probe = await client.probe(prefix, suffix, plan.probe_tokens, plan.probe_template)
+        result.probe_usage.add(probe.usage)
+        score = await scorer.score(prompt_text + text_so_far) if scorer is not None else None
+        probes.append(Probe(len(probes) + 1, len(prefix) - len(prompt_ids), probe.raw, probe.answer,
+                            probe.confidence, score))
+
+    pending: asyncio.Task | None = None
     chunk_index = 0
     finish = "length"
-    while len(ids) < plan.max_tokens:
-        want = min(plan.interval, plan.max_tokens - len(ids))
-        seed = chunk_seed(plan.store_seed, question, branch_id, chunk_index)
-        chunk = await client.generate_chunk(prompt_ids, ids, seed, want, plan.sampling)
-        seeds.append(seed)
-        ids.extend(chunk.token_ids)
-        pieces.append(chunk.text)
-        result.gen.add(chunk.usage)
-        chunk_index += 1
-        ended = chunk.finish_reason == "stop" or len(chunk.token_ids) < want or len(ids) >= plan.max_tokens
-        finish = "stop" if chunk.finish_reason == "stop" else "length"
-        at_step = len(ids) % plan.interval == 0 and len(chunk.token_ids) == plan.interval
-        if at_step and not (ended and finish == "stop"):
-            text_so_far = "".join(pieces)
-            thinking = think_open(prompt_text + text_so_far)
-            suffix = plan.suffix_think if thinking else plan.suffix_plain
-            probe = await client.probe(prompt_ids + ids, suffix, plan.probe_tokens, plan.probe_template)
-            result.probe_usage.add(probe.usage)
-            score = None
-            if scorer is not None:
-                score = await scorer.score(prompt_text + text_so_far)
-            probes.append(Probe(len(probes) + 1, len(ids), probe.raw, probe.answer, probe.confidence, score))
-        if ended:
-            break
+    try:
+        while len(ids) < plan.max_tokens:
+            want = min(plan.interval, plan.max_tokens - len(ids))
+            seed = chunk_seed(plan.store_seed, question, branch_id, chunk_index)
+            chunk = await client.generate_chunk(prompt_ids, ids, seed, want, plan.sampling)
+            seeds.append(seed)
+            ids.extend(chunk.token_ids)
+            pieces.append(chunk.text)
+            result.gen.add(chunk.usage)
+            chunk_index += 1
+            ended = (chunk.finish_reason == "stop" or len(chunk.token_ids) < want
+                     or len(ids) >= plan.max_tokens)
+            finish = "stop" if chunk.finish_reason == "stop" else "length"
+            at_step = len(ids) % plan.interval == 0 and len(chunk.token_ids) == plan.interval
+            if at_step and not (ended and finish == "stop"):
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(do_probe(prompt_ids + ids, "".join(pieces)))
+            if ended:
+                break
+        if pending is not None:
+            await pending
+            pending = None
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
     result.text = "".join(pieces)
     result.finish_reason = finish
     result.final_answer = last_boxed(result.text) or ERR
