@@ -88,6 +88,22 @@ def test_reply_carries_answer_usage_and_the_episode(served, upstream) -> None:
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
+def test_readme_openai_client_example_runs(served, monkeypatch, capsys) -> None:
+    import re
+
+    from conftest import REPO
+
+    srv, _ = served
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    [code] = [b for b in blocks if "extra_body" in b]
+    code = code.replace("http://127.0.0.1:8080/v1", f"{srv.url}/v1").replace('"Qwen/Qwen3-1.7B"', '"fake"')
+    code = code.replace('"beta": 0.8', '"beta": 0.9')
+    monkeypatch.setenv("TTSGYM_SERVE_KEY", KEY)
+    exec(compile(code, "README.md", "exec"), {})
+    content, tokens = capsys.readouterr().out.split()
+    assert content.startswith("\\boxed{") and int(tokens) > 0
+
+
 def test_models_lists_the_served_name(served) -> None:
     srv, _ = served
     r = httpx.get(f"{srv.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"})
