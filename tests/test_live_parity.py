@@ -50,7 +50,7 @@ USER_CLASS = textwrap.dedent('''
 
         def solve(self, q):
             votes = Counter()
-            for _ in range(self.hp["width"]):
+            for _ in range(min(self.hp["width"], q.pool_size - 1)):
                 a, i, done = q.probe_new()
                 self.snap(q, ("open", a, i, done))
             for _ in range(self.hp["steps"]):
