@@ -243,3 +243,32 @@ def test_err_and_classes_are_kept(world) -> None:
     assert classes(ERR) == ERR
     assert classes("7") == "7"
     assert AnswerClasses("exact")("\\frac{1}{2}") == "\\frac{1}{2}"
+
+
+class _Lockstep:
+    """Parallel-Probe's shape written with the batch calls where the question offers them."""
+
+    def __init__(self, batched: bool) -> None:
+        self.batched = batched
+
+    def solve(self, q):
+        first = q.open_many(4) if self.batched else [q.open() for _ in range(4)]
+        latest = {i: a for a, i, _ in first}
+        for _ in range(3):
+            active = q.active()
+            reads = q.extend_many(active) if self.batched else [q.extend(i) for i in active]
+            latest.update({i: a for i, (a, _) in zip(active, reads, strict=True)})
+        fulls = q.open_full_many(2) if self.batched else [q.open_full() for _ in range(2)]
+        votes = [*latest.values(), *fulls]
+        return max(votes, key=votes.count)
+
+
+def test_batch_calls_give_the_sequential_results(world) -> None:
+    order = branch_order("autotts", SETTINGS.branches, 3)
+    for row in QUESTIONS:
+        one = world.runner.solve(lambda: _Lockstep(False), row.question, order=order, trace=True)
+        many = world.runner.solve(lambda: _Lockstep(True), row.question, order=order, trace=True)
+        assert (many.answer, many.tokens, many.seq_tokens, many.opened) == (
+            one.answer, one.tokens, one.seq_tokens, one.opened)
+        strip = [{k: v for k, v in e.items() if k != "t"} for e in one.events]
+        assert [{k: v for k, v in e.items() if k != "t"} for e in many.events] == strip

@@ -232,3 +232,15 @@ def test_a_client_that_hangs_up_cancels_its_upstream_work(upstream) -> None:
         assert asked < full
         # Nothing of the episode stays behind once its controller thread has seen the cancellation.
         wait_until(lambda: live_generators() == 0, "the cancelled episode being released")
+
+
+def test_a_failing_controller_is_500_naming_it(upstream, tmp_path) -> None:
+    path = tmp_path / "broken.py"
+    path.write_text("class Broken:\n    def __init__(self, config=None):\n        pass\n\n"
+                    "    def solve(self, q):\n"
+                    "        q.open()\n        raise KeyError('oops')\n")
+    app = create_app(config(upstream.base_url, spec=parse_spec(f"{path}:Broken"), beta=0.5, allowed_betas=()))
+    with ServeThread(app) as srv:
+        r = ask(srv.url)
+    assert r.status_code == 500
+    assert "Broken" in r.json()["error"]["message"] and "KeyError" in r.json()["error"]["message"]
