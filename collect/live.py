@@ -110,14 +110,14 @@ class LiveBranch:
     def chunk(self, c: int) -> asyncio.Task:
         """The task of chunk ``c`` (``None`` result: the branch ended before it)."""
         task = self._chunks.get(c)
-        if task is None:
+        if task is None or task.cancelled():  # cancelled by a prune: the result is still wanted
             task = self._chunks[c] = self.gen._spawn(self._generate(c))
         return task
 
     def probe(self, c: int) -> asyncio.Task:
         """The task of the probe after chunk ``c`` (``None`` result: collection has no probe there)."""
         task = self._probes.get(c)
-        if task is None:
+        if task is None or task.cancelled():
             task = self._probes[c] = self.gen._spawn(self._probe(c))
         return task
 

@@ -272,3 +272,55 @@ def test_batch_calls_give_the_sequential_results(world) -> None:
             one.answer, one.tokens, one.seq_tokens, one.opened)
         strip = [{k: v for k, v in e.items() if k != "t"} for e in one.events]
         assert [{k: v for k, v in e.items() if k != "t"} for e in many.events] == strip
+
+
+class _PruneThenLook:
+    """Prunes branches while their read-ahead is in flight, then asks for their answers."""
+
+    def solve(self, q):
+        q.open()
+        q.open_full()
+        q.prune(0)
+        q.prune(1)
+        seen = [*q.answers(0), *q.answers(1), *q.answers(1)]
+        q.trace("seen", n=len(seen))
+        _, j, _ = q.open()
+        q.extend(j)
+        return max(seen, key=seen.count)
+
+
+def test_pruned_branches_still_show_their_answers(world) -> None:
+    arrays = load_replay(world.store, SETTINGS.model, SETTINGS.dataset)
+    classes = _classes(world.store)
+    for q, row in enumerate(QUESTIONS):
+        pool = BranchPool.from_arrays(arrays, q)
+        replay = Question(pool)
+        answer = _PruneThenLook().solve(replay)
+        live = world.runner.solve(_PruneThenLook, row.question)
+        assert classes[q].get(live.answer, live.answer) == answer
+        assert (live.tokens, live.seq_tokens, live.opened) == (replay.total_tokens, replay.seq_tokens, 3)
+
+
+def test_work_cancelled_by_a_prune_is_redone_when_asked_for(world) -> None:
+    """A prune cancels a branch's read-ahead; asking for that branch's probes later still works."""
+    import asyncio
+
+    from ttsgym.collect.client import CollectClient
+    from ttsgym.collect.live import LiveGenerator, make_plan
+
+    steps = [r for r in pq.read_table(world.store / "steps").to_pylist()
+             if r["question_id"] == 0 and r["branch_id"] == 0]
+
+    async def scenario() -> list[str]:
+        async with CollectClient(world.server.base_url, SETTINGS.model) as client:
+            plan = await make_plan(client, SETTINGS)
+            gen = await LiveGenerator.start(client, plan, SETTINGS, QUESTIONS[0].question)
+            branch = gen.branch(0)
+            branch.probe(0)
+            branch.chunk(1)
+            branch.cancel()  # both still in flight
+            probes = await branch.all_probes()
+            await gen.close()
+            return [p.answer for p in probes]
+
+    assert asyncio.run(scenario()) == [r["answer"] for r in sorted(steps, key=lambda r: r["step"])]
