@@ -53,7 +53,6 @@ class BranchResult:
     probes: list[Probe]
     gen: Usage = field(default_factory=lambda: Usage(usage_reported=True))
     probe_usage: Usage = field(default_factory=lambda: Usage(usage_reported=True))
-    score_usage: Usage = field(default_factory=lambda: Usage(usage_reported=True))
 
     def record(self) -> dict[str, Any]:
         return {

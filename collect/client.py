@@ -20,7 +20,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -139,8 +139,6 @@ class ServerInfo:
     model: str
     version: str | None
     returns_token_ids: bool
-    includes_eos_in_token_ids: bool | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def server_root(base_url: str) -> str:
