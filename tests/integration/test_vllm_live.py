@@ -4,6 +4,7 @@ parity with replay of a store collected from the same server, and load through `
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 
 import httpx
@@ -90,7 +91,11 @@ def test_serve_over_vllm_under_load(vllm_server, collected) -> None:
 
     app = create_app(config)
     with ServeThread(app) as srv:
+        start = time.perf_counter()
         codes = asyncio.run(wave(srv.url))
+        wall = time.perf_counter() - start
+    print(f"serve over vLLM, 64 clients x 10: {codes.count(200)} answered, {codes.count(429)} x 429, "
+          f"{wall:.1f} s")
     assert len(codes) == 640 and set(codes) <= {200, 429}, sorted(set(codes))
     assert codes.count(200) > 0
     assert app.state.ttsgym.active == 0
