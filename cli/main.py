@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from ttsgym.store import AutoTTSFormatError, StoreError
 
 COMMAND_MODULES = ("store_cmds", "synth_cmd", "eval_cmd", "report_cmd", "demo_cmd", "collect_cmd",
-                   "search_cmd")
+                   "search_cmd", "run_cmd", "serve_cmd")
 USER_ERRORS = (AutoTTSFormatError, StoreError, FileNotFoundError, FileExistsError, ValueError,
                TypeError, KeyError)
 

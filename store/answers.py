@@ -8,6 +8,7 @@ first member seen, so ``canonical == gold_canonical`` is the correctness test ev
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -37,9 +38,12 @@ def _parse(answer: str):
 
     if answer == ERR or not answer.strip():
         return ()
-    parsed = parse(answer)
+    # math-verify's parse timeout is a signal.alarm, which only the main thread may set; live
+    # inference canonicalises in controller threads, where parse must run without it.
+    kwargs = {} if threading.current_thread() is threading.main_thread() else {"parsing_timeout": None}
+    parsed = parse(answer, **kwargs)
     if not parsed:
-        parsed = parse(f"$\\boxed{{{answer}}}$")
+        parsed = parse(f"$\\boxed{{{answer}}}$", **kwargs)
     return tuple(parsed)
 
 
