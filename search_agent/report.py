@@ -14,11 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ttsgym.controllers.registry import parse_spec
 from ttsgym.search_agent.history import RunDir, RunDirError
 
-HEADLINE = {"sc:n=64": "SC@64", "asc:max_samples=64,threshold=0.95": "ASC",
-            "esc:max_samples=64,window_size=8": "ESC",
-            "parallel_probe:num_chains=64,T=40,prune_patience=7,warm_up=15": "Parallel-Probe"}
+# The published settings, keyed by the canonical spec text result rows carry ("sc" for sc:n=64).
+HEADLINE = {parse_spec(spec).text: label for spec, label in (
+    ("sc:n=64", "SC@64"), ("asc:max_samples=64,threshold=0.95", "ASC"),
+    ("esc:max_samples=64,window_size=8", "ESC"),
+    ("parallel_probe:num_chains=64,T=40,prune_patience=7,warm_up=15", "Parallel-Probe"))}
 MEAN = "mean"
 
 
@@ -183,7 +186,8 @@ def _frontier_plot(rows: Sequence[dict[str, Any]], baselines: Sequence[dict[str,
     names = ([MEAN] if MEAN in cand else []) + sorted(k for k in cand if k != MEAN)
     cols = min(3, max(1, len(names)))
     nrows = math.ceil(len(names) / cols) if names else 1
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.6 * nrows), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat[len(names):]:
         ax.axis("off")
     for ax, name in zip(axes.flat, names, strict=False):
@@ -191,7 +195,8 @@ def _frontier_plot(rows: Sequence[dict[str, Any]], baselines: Sequence[dict[str,
         ax.plot([p["avg_tokens"] for p in pts], [p["accuracy"] for p in pts], "o-", color="tab:blue",
                 label="selected (β 0→1)", ms=3.5)
         brows = base.get(name, [])
-        sc = sorted((r for r in brows if r["controller"].startswith("sc:")), key=lambda r: r["avg_tokens"])
+        sc = sorted((r for r in brows if r["controller"].partition(":")[0] == "sc"),
+                    key=lambda r: r["avg_tokens"])
         if sc:
             ax.plot([r["avg_tokens"] for r in sc], [r["accuracy"] for r in sc], "s--", color="grey",
                     label="SC@N", ms=3, alpha=0.7)

@@ -39,8 +39,6 @@ BASELINE_SPECS = (
     "esc:max_samples=64,window_size=8",
     "parallel_probe:num_chains=64,T=40,prune_patience=7,warm_up=15",
 )
-# The settings shown in prompts and the report as "the baselines" (the rest only draw the SC curve).
-HEADLINE_BASELINES = ("sc:n=64", BASELINE_SPECS[7], BASELINE_SPECS[8], BASELINE_SPECS[9])
 
 
 @dataclass

@@ -69,5 +69,6 @@ def test_offline_search_records_selects_and_reports(small_store: Path, tmp_path:
     assert main(["search", "report", str(run), "--out", str(tmp_path / "rep")]) == 0
     report = (tmp_path / "rep" / "report.md").read_text()
     assert "## Objective per round" in report and sel["id"] in report
+    assert "| SC@64 |" in report and "| ASC |" in report and "| selected β=1 |" in report
     pngs = {p.name for p in (tmp_path / "rep").glob("*.png")}
     assert pngs == {"objective.png", "frontier.png", "spend.png"}
