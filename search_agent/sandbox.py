@@ -69,13 +69,29 @@ def bwrap_argv(scratch: Path, hide: Sequence[Path] = ()) -> list[str]:
         return []
     argv = [path, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     scratch = scratch.resolve()
+    tmp = Path(tempfile.gettempdir()).resolve()
+    needed = _code_paths(tmp)
+    for code in needed:  # the interpreter and ttsgym itself may live under /tmp (a CI clone)
+        argv += ["--ro-bind", str(code), str(code)]
     for h in hide:
         h = Path(h).resolve()
-        if h.is_dir() and not _inside(scratch, h) and not _inside(Path(tempfile.gettempdir()), h):
+        if h.is_dir() and not _inside(scratch, h) and (not _inside(h, tmp)
+                                                        or any(_inside(h, c) for c in needed)):
             argv += ["--tmpfs", str(h)]
     argv += ["--bind", str(scratch), str(scratch), "--chdir", str(scratch),
              "--unshare-net", "--unshare-pid", "--die-with-parent"]
     return argv
+
+
+def _code_paths(tmp: Path) -> list[Path]:
+    """Folders under ``tmp`` the worker cannot start without: the interpreter's prefixes and the
+    folder holding the ttsgym packages (an editable install maps them to the source tree)."""
+    import ttsgym.search_agent as here
+
+    found = {Path(p).resolve() for p in (sys.prefix, sys.exec_prefix, sys.base_prefix)}
+    found.add(Path(here.__file__).resolve().parents[1])
+    inside = sorted(p for p in found if _inside(p, tmp) and p.exists())
+    return [p for p in inside if not any(q != p and _inside(p, q) for q in inside)]
 
 
 def _inside(path: Path, parent: Path) -> bool:
