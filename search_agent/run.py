@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import math
 import shutil
 import sys
@@ -134,8 +135,6 @@ class Search:
         """The baselines' rows on the search split, computed once per run (100 seeds)."""
         path = self.run.path / "baselines.json"
         if path.exists():
-            import json
-
             return json.loads(path.read_text())
         from ttsgym.controllers.evaluate import evaluate
 
@@ -270,8 +269,6 @@ class Search:
         accepted.sort(key=lambda r: (-r["objective"], r["round"]))
         finalists = accepted[: max(1, self.s.finalists)]
         path = self.run.path / "finalists.json"
-        import json
-
         scores: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
         seeds = range(FINAL_SEED_START, FINAL_SEED_START + self.s.final_seeds)
         scale = max(1.0, self.s.final_seeds / max(1, self.s.seeds))
@@ -339,8 +336,6 @@ def _objective(rows: Sequence[dict[str, Any]], models: set[str] | None = None) -
 
 def leave_one_model_out(run: RunDir, history: list[dict[str, Any]]) -> dict[str, Any]:
     """Choose on all models but one, score on the held-out one: how much the choice overfits."""
-    import json
-
     rows_of = {}
     for rec in history:
         path = run.candidate(rec["id"]) / "metrics.json"
@@ -383,8 +378,6 @@ def _standalone(rec: dict[str, Any]) -> str:
 
 
 def _is_json(text: str) -> bool:
-    import json
-
     try:
         json.loads(text)
     except ValueError:
