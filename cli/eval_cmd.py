@@ -8,7 +8,8 @@ import sys
 import pyarrow.parquet as pq
 
 from ttsgym.cli.output import print_json, print_table
-from ttsgym.controllers.evaluate import default_workers, evaluate
+from ttsgym.controllers.evaluate import BACKENDS, default_workers, evaluate
+from ttsgym.controllers.ray_backend import ClusterLost, RayUnavailable
 from ttsgym.controllers.registry import list_controllers
 from ttsgym.controllers.runner import TaskError, describe_exception
 from ttsgym.env.episodes import ControllerError
@@ -34,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"processes (default: all cores, here {default_workers()})")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="seconds one task (slice × β × chunk of seeds) may take; then all workers are killed")
+    p.add_argument("--backend", choices=BACKENDS, default="local",
+                   help="local process pool (default) or a Ray cluster (needs the extra ttsgym[ray])")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster to use with --backend ray, e.g. 127.0.0.1:6379 "
+                        "(default: RAY_ADDRESS, else a new local cluster)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--out", help="write the full result table (with per-question vectors) as Parquet")
     p.add_argument("--list-controllers", action="store_true", help="list built-in controllers and exit")
@@ -61,6 +67,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.controller:
         raise ValueError("give at least one --controller SPEC (see --list-controllers)")
     betas = [float(b) for b in args.beta.split(",")] if args.beta else None
+    if args.ray_address and args.backend != "ray":
+        raise ValueError("--ray-address needs --backend ray")
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError("--timeout must be a positive number of seconds")
     try:
@@ -70,7 +78,10 @@ def _run(args: argparse.Namespace) -> int:
             datasets=args.dataset.split(",") if args.dataset else None,
             betas=betas, seeds=args.seeds, workers=args.workers, protocol=args.protocol,
             kappa=args.kappa, budget=args.budget, progress=True, timeout=args.timeout,
+            backend=args.backend, ray_address=args.ray_address,
         )
+    except (RayUnavailable, ClusterLost) as exc:
+        return _fail(str(exc), "")
     except TaskError as exc:
         return _fail(str(exc), exc.frames)
     except ControllerError as exc:  # inline run (one worker, no timeout): same report

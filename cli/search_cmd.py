@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+
+from ttsgym.controllers.ray_backend import ClusterLost, RayUnavailable
+from ttsgym.search_agent.history import RunDir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finalists", type=int, default=3, help="candidates re-scored before selection (3)")
     p.add_argument("--timeout", type=float, default=600.0, help="wall-clock seconds per evaluation (600)")
     p.add_argument("--memory-mb", type=int, default=4096, help="address-space limit per process (4096)")
-    p.add_argument("--workers", type=int, default=2, help="evaluation processes (default 2)")
+    p.add_argument("--workers", type=int, default=2, help="evaluation processes per candidate (default 2)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="where candidates are evaluated: this machine (default) or a Ray cluster "
+                        "(needs the extra ttsgym[ray])")
+    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster for --backend ray "
+                   "(default: RAY_ADDRESS, else a new local cluster)")
+    p.add_argument("--concurrent", type=int, metavar="K",
+                   help="candidates evaluated at once, the proposer running K-1 rounds ahead "
+                        "(default: 1 locally; on Ray, the cluster's CPUs / --workers, at most 16; "
+                        "on --resume, the run's). The history depends on K, not on the backend")
     p.add_argument("--llm-timeout", type=float, default=300.0, help="wall-clock seconds per LLM call (300)")
     p.add_argument("--stream", action="store_true", help="stream LLM replies")
     p.add_argument("--seed", type=int, default=0, help="the offline proposer's seed (default 0)")
@@ -56,16 +70,30 @@ def run(args: argparse.Namespace) -> int:
             price = ()
         if len(price) != 2 or min(price) < 0:
             raise ValueError(f"--price {args.price!r}: write IN,OUT in USD per million tokens, e.g. 0.5,1.5")
-    settings = SearchSettings(
-        store=args.store, out=args.out, split=args.split.split(",") if args.split else None,
-        rounds=args.rounds, proposer=args.proposer or default_proposer(args.base_url), seed=args.seed,
-        seeds=args.seeds, final_seeds=args.final_seeds, finalists=args.finalists, drafts=args.drafts,
-        timeout=args.timeout,
-        memory_mb=args.memory_mb, workers=args.workers, base_url=args.base_url, model=args.model,
-        critic_model=args.critic_model, api_key_env=args.api_key_env, price=price,
-        budget_usd=args.budget_usd, llm_timeout=args.llm_timeout, stream=args.stream,
-    )
-    outcome = run_search(settings, resume=args.resume, progress=True)
+    if args.ray_address and args.backend != "ray":
+        raise ValueError("--ray-address needs --backend ray")
+    try:
+        concurrent = args.concurrent or _default_concurrent(args)
+        settings = SearchSettings(
+            store=args.store, out=args.out, split=args.split.split(",") if args.split else None,
+            rounds=args.rounds, proposer=args.proposer or default_proposer(args.base_url), seed=args.seed,
+            seeds=args.seeds, final_seeds=args.final_seeds, finalists=args.finalists, drafts=args.drafts,
+            timeout=args.timeout,
+            memory_mb=args.memory_mb, workers=args.workers, base_url=args.base_url, model=args.model,
+            critic_model=args.critic_model, api_key_env=args.api_key_env, price=price,
+            budget_usd=args.budget_usd, llm_timeout=args.llm_timeout, stream=args.stream,
+            concurrent=concurrent, backend=args.backend, ray_address=args.ray_address,
+        )
+        outcome = run_search(settings, resume=args.resume, progress=True)
+    except RayUnavailable as exc:
+        print(f"ttsgym search: error: {exc}", file=sys.stderr)
+        return 2
+    except ClusterLost as exc:
+        done = len(RunDir(args.out).history())
+        print(f"ttsgym search: error: {exc}.\n{done} committed rounds are kept in {args.out}; finish the "
+              "run with the same command and --resume (on a cluster again, or with --backend local)",
+              file=sys.stderr)
+        return 1
     accepted = sum(r["status"] == "accepted" for r in outcome.history)
     print(f"{outcome.rounds_done} rounds in {outcome.run_dir} ({accepted} accepted)")
     if outcome.stopped:
@@ -77,6 +105,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("no candidate was accepted; nothing selected")
     return 0
+
+
+def _default_concurrent(args: argparse.Namespace) -> int:
+    """The run's own value on --resume; else 1 locally, and on Ray as many candidates as the
+    cluster holds at --workers CPUs each (at most 16)."""
+    saved = Path(args.out) / "run.json"
+    if args.resume and saved.exists():
+        return int(json.loads(saved.read_text()).get("concurrent", 1))
+    if args.backend != "ray":
+        return 1
+    from ttsgym.controllers.ray_backend import cluster_cpus, connect
+
+    total, _ = cluster_cpus(connect(args.ray_address))
+    return max(1, min(16, total // max(1, args.workers)))
 
 
 def run_report(argv: list[str]) -> int:

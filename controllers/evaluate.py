@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +28,7 @@ from ttsgym.env.results import results_table, summarize
 from ttsgym.store import Store, load_replay
 
 SEED_CHUNK = 10
+BACKENDS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,17 @@ def _slice(store: str, model: str, dataset: str) -> tuple:
     return _WORKER_CACHE[key]
 
 
-def run_task(task: Task) -> tuple[int, EpisodeResults, float]:
-    """Run one task (in a worker or inline): the row it belongs to, its episodes, its seconds."""
+def run_task(task: Task, arrays: Any = None, pools: PoolCache | None = None
+             ) -> tuple[int, EpisodeResults, float]:
+    """Run one task (in a worker or inline): the row it belongs to, its episodes, its seconds.
+
+    The slice is read from the store unless ``arrays`` (and its ``pools``) are given (Ray workers
+    get them from the object store)."""
     start = time.perf_counter()
-    arrays, pools = _slice(task.store, task.model, task.dataset)
+    if arrays is None:
+        arrays, pools = _slice(task.store, task.model, task.dataset)
+    elif pools is None:
+        pools = PoolCache(arrays)
     spec = parse_spec(task.spec)
     res = None
     if task.batched:
@@ -81,6 +90,11 @@ def run_task(task: Task) -> tuple[int, EpisodeResults, float]:
 def run_task_json(task: dict) -> dict:
     """:func:`run_task` for the process runner: a task as a dict in, plain lists out."""
     row, res, sec = run_task(Task(**{**task, "seeds": tuple(task["seeds"])}))
+    return result_json(row, res, sec)
+
+
+def result_json(row: int, res: EpisodeResults, sec: float) -> dict:
+    """A task's result as plain lists (what both backends send back)."""
     return {"row": row, "seconds": sec, "seeds": res.seeds.tolist(), "correct": res.correct.tolist(),
             "tokens": res.tokens.tolist(), "seq_tokens": res.seq_tokens.tolist(),
             "opened": res.opened.tolist()}
@@ -128,6 +142,8 @@ def evaluate(
     budget: int | None = None,
     progress: bool = False,
     timeout: float | None = None,
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> pa.Table:
     """Evaluate controller specs on a store; one result row per (model, dataset, controller, β).
 
@@ -135,7 +151,16 @@ def evaluate(
     β (β-families default to 0, 0.25, 0.5, 0.75, 1 when no β is given). ``timeout`` bounds each
     task (one slice × β × chunk of seeds) in seconds; a task that fails or runs out of time
     raises :class:`~ttsgym.controllers.runner.TaskError` after every worker is killed.
+
+    ``backend="ray"`` sends the same tasks to a Ray cluster (``ray_address``; default: RAY_ADDRESS
+    or a new local cluster), each slice put in its object store once; the table is identical.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: choose {' or '.join(BACKENDS)}")
+    if backend == "ray":
+        from ttsgym.controllers.ray_backend import import_ray
+
+        import_ray()  # say how to install the extra before any work
     store = store if isinstance(store, Store) else Store(store)
     parse_protocol(protocol)
     models = list(models or store.models)
@@ -171,7 +196,9 @@ def evaluate(
     bar = tqdm(total=_episodes(tasks, store), desc="eval", unit="ep", disable=not progress,
                file=sys.stderr, smoothing=0.1)
     with bar:
-        for r, res, sec in _run_all(tasks, n_workers, timeout, store):
+        runs = (_run_ray(tasks, store, timeout, ray_address) if backend == "ray"
+                else _run_all(tasks, n_workers, timeout, store))
+        for r, res, sec in runs:
             parts[r].append((int(res.seeds[0]), res))
             seconds[r] += sec
             bar.update(res.correct.size)
@@ -207,6 +234,19 @@ def _run_all(tasks: list[Task], n_workers: int, timeout: float | None,
     with Runner(n_workers, task_timeout=timeout) as runner:
         for i, data in runner.map(calls):
             yield _from_json(data, ids[(tasks[i].model, tasks[i].dataset)])
+
+
+def _run_ray(tasks: list[Task], store: Store, timeout: float | None,
+             address: str | None) -> Iterator[tuple[int, EpisodeResults, float]]:
+    """The same tasks on a Ray cluster (see :mod:`ttsgym.controllers.ray_backend`)."""
+    from ttsgym.controllers.ray_backend import run_tasks
+    from ttsgym.controllers.runner import reply_result
+
+    slices = {(t.model, t.dataset): load_replay(store, t.model, t.dataset) for t in tasks}
+    for i, reply in run_tasks(tasks, slices, address=address, timeout=timeout, label=_task_label):
+        task = tasks[i]
+        ids = slices[(task.model, task.dataset)].question_ids
+        yield _from_json(reply_result(reply, _task_label(task)), ids)
 
 
 def _task_label(task: Task) -> str:

@@ -212,7 +212,7 @@ class Runner:
                     index, call = worker.index, worker.call
                     worker.call = None
                     idle.append(worker)
-                    yield index, self._result(message, call)
+                    yield index, reply_result(message, _label(call))
                 self._check_time(busy)
         finally:
             sel.close()
@@ -249,13 +249,6 @@ class Runner:
                             label=_label(worker.call)) from None
         return message
 
-    def _result(self, message: dict, call: Call | None) -> Any:
-        if message.get("ok") is True:
-            return message.get("result")
-        kind = str(message.get("kind", "error"))
-        raise TaskError(kind, str(message.get("message", "failed"))[:2000], label=_label(call),
-                        frames=str(message.get("frames", ""))[:8000], exc_type=message.get("type"))
-
     def _wait(self, busy: list[_Worker]) -> float | None:
         ends = [w.started + self.task_timeout for w in busy] if self.task_timeout else []
         if self.deadline is not None:
@@ -280,6 +273,15 @@ class Runner:
             code = None
         return TaskError("crash", describe_exit(code, self.memory_mb, self.cpu_seconds),
                          label=_label(worker.call))
+
+
+def reply_result(message: dict, label: str = "") -> Any:
+    """The result a worker's reply carries, or the :class:`TaskError` it describes (raised)."""
+    if message.get("ok") is True:
+        return message.get("result")
+    kind = str(message.get("kind", "error"))
+    raise TaskError(kind, str(message.get("message", "failed"))[:2000], label=label,
+                    frames=str(message.get("frames", ""))[:8000], exc_type=message.get("type"))
 
 
 def describe_exit(code: int | None, memory_mb: int | None = None, cpu_seconds: float | None = None) -> str:
@@ -352,7 +354,8 @@ def describe_exception(exc: BaseException) -> tuple[str, str]:
     return line, frames
 
 
-def _describe(exc: BaseException) -> dict[str, Any]:
+def error_reply(exc: BaseException) -> dict[str, Any]:
+    """A failed call's reply: one line, the user's frames, the kind (memory or error)."""
     root = exc
     while root.__cause__ is not None:
         root = root.__cause__
@@ -424,7 +427,7 @@ def worker_main(argv: Sequence[str]) -> int:
             reply = {"ok": True, "result": fn(**kwargs)}
             data = json.dumps(reply, separators=(",", ":")).encode()
         except BaseException as exc:  # everything, MemoryError and SystemExit included
-            data = json.dumps(_describe(exc)).encode()
+            data = json.dumps(error_reply(exc)).encode()
         _write_all(fd_out, _HEADER.pack(len(data)) + data)
 
 

@@ -195,4 +195,4 @@ class RunDir:
 
 
 # Settings that may change on --resume (a longer run, a bigger budget, other limits).
-RESUMABLE_SETTINGS = ("rounds", "budget_usd", "timeout", "memory_mb", "workers")
+RESUMABLE_SETTINGS = ("rounds", "budget_usd", "timeout", "memory_mb", "workers", "backend", "ray_address")

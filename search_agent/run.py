@@ -16,6 +16,7 @@ import math
 import shutil
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,10 +24,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ttsgym.search_agent.backends import CandidateBackend, open_backend
 from ttsgym.search_agent.contract import CONTRACT
 from ttsgym.search_agent.errors import LLMFatal
-from ttsgym.search_agent.evaluation import CandidateEvaluation, Limits, SearchSplit, evaluate_candidate
-from ttsgym.search_agent.history import RunDir, candidate_id, write_json, write_text
+from ttsgym.search_agent.evaluation import CandidateEvaluation, Limits, SearchSplit
+from ttsgym.search_agent.history import RECORD_KEYS, RunDir, candidate_id, write_json, write_text
 from ttsgym.search_agent.objective import TOKEN_RANGE, objective
 from ttsgym.search_agent.proposal import Proposal
 from ttsgym.search_agent.rule_critic import rule_lesson
@@ -68,6 +70,9 @@ class SearchSettings:
     budget_usd: float | None = None
     llm_timeout: float = 300.0
     stream: bool = False
+    concurrent: int = 1  # candidates evaluated at once (the proposer runs this far ahead)
+    backend: str = "local"  # where candidates are evaluated: local | ray
+    ray_address: str | None = None
 
     def saved(self) -> dict[str, Any]:
         out = asdict(self)
@@ -75,6 +80,13 @@ class SearchSettings:
         out.pop("out")
         out["price"] = list(self.price) if self.price else None
         return out
+
+
+@dataclass
+class _InFlight:
+    record: dict[str, Any]
+    handle: Any  # the backend's handle of the evaluation, None when nothing is evaluated
+    start: float
 
 
 @dataclass
@@ -97,6 +109,12 @@ class Search:
         self.run = RunDir(settings.out)
         self.limits = Limits(timeout_s=settings.timeout, memory_mb=settings.memory_mb,
                              workers=settings.workers)
+        if settings.concurrent < 1:
+            raise ValueError("--concurrent must be at least 1")
+        self.concurrent = settings.concurrent
+        self.backend: CandidateBackend = open_backend(settings.backend, self.split,
+                                                      concurrency=settings.concurrent,
+                                                      address=settings.ray_address)
         self.history: list[dict[str, Any]] = []
         self.baselines: list[dict[str, Any]] = []
         self.proposer: Any = None
@@ -141,7 +159,8 @@ class Search:
         rows = []
         for model, dataset in self.split.slices:
             table = evaluate(self.s.store, list(BASELINE_SPECS), models=[model], datasets=[dataset],
-                             seeds=100, workers=self.s.workers)
+                             seeds=100, workers=self.s.workers, backend=self.s.backend,
+                             ray_address=self.s.ray_address)
             rows.extend({k: r[k] for k in ("model", "dataset", "controller", "accuracy", "avg_tokens",
                                            "avg_seq_tokens")} for r in table.to_pylist())
         write_json(path, rows)
@@ -150,29 +169,60 @@ class Search:
     # -- the loop --------------------------------------------------------------------------
 
     def run_rounds(self) -> str | None:
-        """Run the rounds still to do; the reason they stopped early, or None."""
+        """Run the rounds still to do; the reason they stopped early, or None.
+
+        Up to ``concurrent`` candidates are evaluated at once: round r is proposed as soon as
+        round r - concurrent is committed, and it sees exactly the records of rounds before
+        r - concurrent + 1 plus the proposals of the rounds in between (as ``pending`` stubs),
+        whether they are still running or, after a resume, long done. Rounds are committed in
+        order, so the history depends on the settings, never on the backend or on timing."""
         todo = range(len(self.history), self.s.rounds)
         bar = tqdm(todo, desc="search", unit="round", disable=not self.progress, file=sys.stderr,
                    initial=len(self.history), total=self.s.rounds)
+        flight: deque[_InFlight] = deque()
+        next_round = len(self.history)
         try:
-            for r in todo:
-                stopped = self._round(r)
+            while next_round < self.s.rounds or flight:
+                while next_round < self.s.rounds and len(flight) < self.concurrent:
+                    item = self._propose(next_round, flight)
+                    if isinstance(item, str):  # the proposer cannot go on (key, budget)
+                        self._drain(flight, bar)
+                        return item
+                    flight.append(item)
+                    next_round += 1
+                stopped = self._finish(flight.popleft())
                 bar.update(1)
                 bar.set_postfix(best=_fmt(self.best_objective()), spent=f"${self.spent():.4f}")
                 if stopped:
+                    self._drain(flight, bar)
                     return stopped
         finally:
             bar.close()
         return None
 
-    def _round(self, r: int) -> str | None:
+    def _drain(self, flight: deque[_InFlight], bar: Any) -> None:
+        """Commit the rounds already in flight when the run stops early (their evaluations are
+        paid for; their lessons fall back to the rule critic if the LLM one is out of budget)."""
+        while flight:
+            self._finish(flight.popleft())
+            bar.update(1)
+
+    def _view(self, r: int, flight: Sequence[_InFlight]) -> list[dict[str, Any]]:
+        """What the proposer of round r sees (see :meth:`run_rounds`)."""
+        cut = max(0, r - self.concurrent + 1)
+        between = {rec["round"]: rec for rec in self.history[cut:r]}
+        between.update({f.record["round"]: f.record for f in flight if cut <= f.record["round"] < r})
+        return self.history[:cut] + [pending_stub(between[k]) for k in range(cut, r)]
+
+    def _propose(self, r: int, flight: Sequence[_InFlight]) -> _InFlight | str:
         cid = candidate_id(r)
         folder = self.run.candidate(cid)
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         start = time.perf_counter()
+        view = self._view(r, flight)
         try:
-            proposal: Proposal = self.proposer.propose(r, list(self.history), self.tools.for_round())
+            proposal: Proposal = self.proposer.propose(r, list(view), self.tools.for_round())
         except LLMFatal as exc:  # no key, key refused, budget cap: stop, keep what is done
             shutil.rmtree(folder, ignore_errors=True)
             return str(exc)
@@ -183,19 +233,27 @@ class Search:
         if proposal.reply is not None:
             write_text(folder / "reply.txt", proposal.reply if isinstance(proposal.reply, str)
                        else repr(proposal.reply))
-        evaluation = None
+        handle = None
         if proposal.code is not None:
             write_text(folder / "code.py", proposal.code)
-            twin = self._duplicate_of(proposal.code)
+            twin = _duplicate_in(proposal.code, view)
             if twin:
                 record.update(status="rejected", stage="duplicate",
                               reason=f"the same program as {twin} (up to comments and docstrings)")
             else:
-                evaluation = evaluate_candidate(
-                    proposal.code, self.split, betas=BETA_GRID, seeds=range(self.s.seeds),
-                    limits=self.limits, scratch=self.run.scratch() / cid, progress=False)
-                self._store_evaluation(folder, evaluation)
-                record.update(_verdict(evaluation))
+                handle = self.backend.submit(proposal.code, betas=BETA_GRID, seeds=range(self.s.seeds),
+                                             limits=self.limits, scratch=self.run.scratch() / cid)
+        return _InFlight(record=record, handle=handle, start=start)
+
+    def _finish(self, item: _InFlight) -> str | None:
+        """Wait for a round's evaluation, write its files and lesson, commit it."""
+        record = item.record
+        folder = self.run.candidate(record["id"])
+        evaluation = None
+        if item.handle is not None:
+            evaluation = self.backend.result(item.handle)
+            self._store_evaluation(folder, evaluation)
+            record.update(_verdict(evaluation))
         stopped = None
         try:
             lesson, cost = self._lesson(record, evaluation)
@@ -203,10 +261,10 @@ class Search:
             lesson, cost, stopped = None, 0.0, str(exc)
         record["lesson"] = lesson
         record["cost_usd"] = round(record["cost_usd"] + cost, 10)
-        record["seconds"] = round(time.perf_counter() - start, 3)
+        record["seconds"] = round(time.perf_counter() - item.start, 3)
         self.run.commit(record)
         self.history.append(record)
-        shutil.rmtree(self.run.scratch() / cid, ignore_errors=True)
+        shutil.rmtree(self.run.scratch() / record["id"], ignore_errors=True)
         return stopped
 
     def _record(self, r: int, p: Proposal) -> dict[str, Any]:
@@ -237,17 +295,10 @@ class Search:
                 return lesson, cost
         return rule_lesson(info, list(self.history)), cost
 
-    def _duplicate_of(self, code: str) -> str | None:
-        key = code_key(code)
-        for rec in self.history:
-            if rec.get("code") and rec.get("stage") != "proposal" and code_key(rec["code"]) == key:
-                return rec["id"]
-        return None
-
     def _draft(self, code: str) -> dict[str, Any]:
-        ev = evaluate_candidate(code, self.split, betas=DRAFT_BETAS, seeds=range(DRAFT_SEEDS),
-                                limits=self.limits, scratch=self.run.scratch() / "draft",
-                                audit_episodes=2, trace_episodes=1)
+        ev = self.backend.result(self.backend.submit(
+            code, betas=DRAFT_BETAS, seeds=range(DRAFT_SEEDS), limits=self.limits,
+            scratch=self.run.scratch() / "draft", audit_episodes=2, trace_episodes=1))
         shutil.rmtree(self.run.scratch() / "draft", ignore_errors=True)
         return {"ok": ev.ok, "reason": ev.reason, "stage": ev.stage, "curve": ev.curve,
                 "objective": _objective(ev.rows) if ev.ok else None}
@@ -274,16 +325,20 @@ class Search:
         scale = max(1.0, self.s.final_seeds / max(1, self.s.seeds))
         limits = Limits(timeout_s=self.limits.timeout_s * scale, memory_mb=self.limits.memory_mb,
                         workers=self.limits.workers)
-        for rec in finalists:
-            if rec["id"] in scores:
-                continue
-            ev = evaluate_candidate(rec["code"], self.split, betas=BETA_GRID, seeds=seeds, limits=limits,
-                                    scratch=self.run.scratch() / f"final-{rec['id']}", audit_episodes=0,
-                                    trace_episodes=0, progress=self.progress)
-            scores[rec["id"]] = {"ok": ev.ok, "reason": ev.reason, "rows": ev.rows, "curve": ev.curve,
-                                 "objective": _objective(ev.rows) if ev.ok else None,
-                                 "screen_objective": rec["objective"]}
-            write_json(path, scores)  # one finalist at a time: a kill keeps what is done
+        todo = [rec for rec in finalists if rec["id"] not in scores]
+        handles = [self.backend.submit(rec["code"], betas=BETA_GRID, seeds=seeds, limits=limits,
+                                       scratch=self.run.scratch() / f"final-{rec['id']}", audit_episodes=0,
+                                       trace_episodes=0) for rec in todo]
+        bar = tqdm(total=len(todo), desc="finalists", unit="cand", disable=not self.progress or not todo,
+                   file=sys.stderr)
+        with bar:
+            for rec, handle in zip(todo, handles, strict=True):
+                ev = self.backend.result(handle)
+                scores[rec["id"]] = {"ok": ev.ok, "reason": ev.reason, "rows": ev.rows, "curve": ev.curve,
+                                     "objective": _objective(ev.rows) if ev.ok else None,
+                                     "screen_objective": rec["objective"]}
+                write_json(path, scores)  # one finalist at a time: a kill keeps what is done
+                bar.update(1)
         ok = [rec for rec in finalists if scores[rec["id"]]["ok"]]
         if not ok:
             return None
@@ -354,6 +409,25 @@ def leave_one_model_out(run: RunDir, history: list[dict[str, Any]]) -> dict[str,
     return out
 
 
+def pending_stub(rec: dict[str, Any]) -> dict[str, Any]:
+    """A round as a proposer sees it while it is evaluated: its proposal, no verdict yet."""
+    stub = dict.fromkeys(RECORD_KEYS)
+    stub.update({k: rec.get(k) for k in ("id", "round", "proposer", "code", "meta")},
+                status="pending", stage="pending", curve=[], cost_usd=0.0, tokens_in=0, tokens_out=0,
+                seconds=0.0)
+    return stub
+
+
+def _duplicate_in(code: str, records: Sequence[dict[str, Any]]) -> str | None:
+    """The id of an earlier program that is the same as ``code``, among those that were
+    evaluated or are being evaluated."""
+    key = code_key(code)
+    for rec in records:
+        if rec.get("code") and rec.get("stage") != "proposal" and code_key(rec["code"]) == key:
+            return rec["id"]
+    return None
+
+
 def code_key(code: str) -> str:
     """A hash of the program's syntax tree without docstrings and comments: what "the same
     program" means for the duplicate screen."""
@@ -399,9 +473,12 @@ def _fmt(x: float | None) -> str:
 def run_search(settings: SearchSettings, *, resume: bool = False, progress: bool = True) -> SearchOutcome:
     """Run (or resume) a search and select its controller."""
     search = Search(settings, progress=progress)
-    search.start(resume=resume)
-    stopped = search.run_rounds()
-    selected = search.select()
+    try:
+        search.start(resume=resume)
+        stopped = search.run_rounds()
+        selected = search.select()
+    finally:
+        search.backend.close()
     shutil.rmtree(search.run.scratch(), ignore_errors=True)
     return SearchOutcome(run_dir=search.run.path, rounds_done=len(search.history), selected=selected,
                          stopped=stopped, history=search.history)
