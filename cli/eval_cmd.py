@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 
 from ttsgym.cli.output import print_json, print_table
 from ttsgym.controllers.evaluate import BACKENDS, default_workers, evaluate
-from ttsgym.controllers.ray_backend import ClusterLost, RayUnavailable
+from ttsgym.controllers.ray_backend import ClusterLost, RayUnavailable, on_cluster_lost
 from ttsgym.controllers.registry import list_controllers
 from ttsgym.controllers.runner import TaskError, describe_exception
 from ttsgym.env.episodes import ControllerError
@@ -71,6 +71,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--ray-address needs --backend ray")
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError("--timeout must be a positive number of seconds")
+    if args.backend == "ray":
+        on_cluster_lost(lambda: "Nothing was written.")
     try:
         table = evaluate(
             args.store, args.controller,

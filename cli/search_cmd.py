@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ttsgym.controllers.ray_backend import ClusterLost, RayUnavailable
+from ttsgym.controllers.ray_backend import ClusterLost, RayUnavailable, on_cluster_lost
 from ttsgym.search_agent.history import RunDir
 
 
@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     if args.ray_address and args.backend != "ray":
         raise ValueError("--ray-address needs --backend ray")
     try:
+        if args.backend == "ray":
+            on_cluster_lost(lambda: _kept(args.out))
         concurrent = args.concurrent or _default_concurrent(args)
         settings = SearchSettings(
             store=args.store, out=args.out, split=args.split.split(",") if args.split else None,
@@ -89,10 +91,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"ttsgym search: error: {exc}", file=sys.stderr)
         return 2
     except ClusterLost as exc:
-        done = len(RunDir(args.out).history())
-        print(f"ttsgym search: error: {exc}.\n{done} committed rounds are kept in {args.out}; finish the "
-              "run with the same command and --resume (on a cluster again, or with --backend local)",
-              file=sys.stderr)
+        print(f"ttsgym search: error: {exc}.\n{_kept(args.out)}", file=sys.stderr)
         return 1
     accepted = sum(r["status"] == "accepted" for r in outcome.history)
     print(f"{outcome.rounds_done} rounds in {outcome.run_dir} ({accepted} accepted)")
@@ -105,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("no candidate was accepted; nothing selected")
     return 0
+
+
+def _kept(out: str) -> str:
+    done = len(RunDir(out).history()) if Path(out).exists() else 0
+    return (f"{done} committed rounds are kept in {out}; finish the run with the same command and "
+            "--resume (on a cluster again, or with --backend local)")
 
 
 def _default_concurrent(args: argparse.Namespace) -> int:

@@ -158,9 +158,9 @@ def evaluate(
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose {' or '.join(BACKENDS)}")
     if backend == "ray":
-        from ttsgym.controllers.ray_backend import import_ray
+        from ttsgym.controllers.ray_backend import require_ray
 
-        import_ray()  # say how to install the extra before any work
+        require_ray()  # say how to install the extra before any work
     store = store if isinstance(store, Store) else Store(store)
     parse_protocol(protocol)
     models = list(models or store.models)

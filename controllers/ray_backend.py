@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
+import ipaddress
 import os
 import socket
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +34,7 @@ INSTALL_HINT = ("--backend ray needs Ray, the optional extra: pip install 'ttsgy
                 "(in a source checkout: pip install -e '.[ray]')")
 TASK_RETRIES = 3  # Ray re-runs a task this many times when its worker process dies
 HEALTH_EVERY_S = 2.0  # how often a waiting driver checks that the cluster is still there
+GIVE_UP_S = 10.0  # a GCS silent this long ends the driver even when it is stuck inside Ray
 # Every Ray worker this driver starts: one thread per process (the tasks are the parallelism), and
 # a fixed string hash seed (set iteration order must not differ between processes).
 WORKER_ENV = {"PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
@@ -44,27 +49,81 @@ class ClusterLost(RuntimeError):
     """The Ray cluster could not be reached, or stopped answering while tasks ran."""
 
 
-def import_ray() -> ModuleType:
+def require_ray() -> None:
+    """Raise :class:`RayUnavailable` (saying how to install the extra) when Ray is missing."""
     try:
-        import ray
-    except ImportError as exc:
-        raise RayUnavailable(INSTALL_HINT) from exc
-    return ray
+        found = importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise RayUnavailable(INSTALL_HINT)
+
+
+def _is_loopback(address: str | None) -> bool:
+    host = (address or "").rpartition(":")[0].strip("[]") or (address or "")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def connect(address: str | None = None) -> ModuleType:
     """``ray`` connected to the cluster at ``address`` (``None``: ``RAY_ADDRESS`` if set, else a
-    new local cluster on this machine's cores). Reuses an existing connection."""
-    ray = import_ray()
+    new local cluster on this machine's cores). Reuses an existing connection.
+
+    A loopback address, or a new local cluster, keeps the driver on 127.0.0.1: on Linux Ray would
+    otherwise swap loopback for the machine's public address (its switch for that is the variable
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, set here before Ray is first imported; start a
+    loopback head with the same variable, see the README)."""
+    require_ray()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if (address is None or _is_loopback(address)) and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
     if ray.is_initialized():
         return ray
-    where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+    where = address or "a new local cluster"
     try:
         ray.init(address=address or None, logging_level="ERROR", configure_logging=True,
                  runtime_env={"env_vars": dict(WORKER_ENV)}, ignore_reinit_error=True)
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
         raise ClusterLost(f"cannot reach the Ray cluster at {where}: {_one_line(exc)}") from None
+    gcs = gcs_address(ray)
+    if gcs:
+        threading.Thread(target=_watch, args=(ray, gcs), name="ray-cluster-watch", daemon=True).start()
     return ray
+
+
+_LOST_HINT: list[Callable[[], str]] = [lambda: ""]
+
+
+def on_cluster_lost(hint: Callable[[], str]) -> None:
+    """What the last-resort exit (see :func:`_watch`) says was kept, e.g. the committed rounds."""
+    _LOST_HINT[0] = hint
+
+
+def _watch(ray: ModuleType, gcs: str) -> None:
+    """Backstop for a driver stuck inside a Ray call when the cluster dies (Ray would wait 60 s,
+    then end the process with a line about its GCS client): after ``GIVE_UP_S`` without an
+    answer from the GCS, say what happened and what was kept, and exit with status 1. Whatever
+    ttsgym commits is already on disk atomically, so nothing is lost by exiting here."""
+    missed = 0.0
+    while ray.is_initialized():
+        time.sleep(HEALTH_EVERY_S)
+        if cluster_alive(gcs):
+            missed = 0.0
+            continue
+        missed += HEALTH_EVERY_S
+        if missed >= GIVE_UP_S:
+            try:
+                hint = _LOST_HINT[0]()
+            except Exception:
+                hint = ""
+            sys.stderr.write(f"\nttsgym: error: lost the Ray cluster at {gcs}: its GCS no longer answers. "
+                             f"{hint}\n")
+            sys.stderr.flush()
+            os._exit(1)
 
 
 def cluster_cpus(ray: ModuleType) -> tuple[int, int]:

@@ -106,9 +106,9 @@ class RayCandidates:
         self.ray = connect(address)
         self.split = split
         self._arrays = [self.ray.put(split.arrays(*s)) for s in split.slices]
-        self._remote = self.ray.remote(evaluate_on_node).options(max_retries=TASK_RETRIES,
-                                                                 retry_exceptions=False,
-                                                                 name="ttsgym.candidate")
+        self._remote = self.ray.remote(evaluate_on_node)
+        self._retries = TASK_RETRIES
+        self._largest = self.largest_node()  # once: a GCS call here could hang on a lost cluster
         self._open: set = set()
 
     def largest_node(self) -> int:
@@ -118,13 +118,14 @@ class RayCandidates:
 
     def submit(self, code: str, *, betas: Sequence[float], seeds: Sequence[int], limits: Limits,
                scratch: Path, audit_episodes: int = 8, trace_episodes: int = 4) -> Any:
-        largest = self.largest_node()
+        largest = self._largest
         if limits.workers > largest:
             raise ValueError(f"--workers {limits.workers}: the cluster's largest node has {largest} CPUs, "
                              "and a candidate's workers run on one node")
         kwargs = {"betas": list(betas), "seeds": list(seeds), "limits": asdict(limits),
                   "audit_episodes": audit_episodes, "trace_episodes": trace_episodes}
-        ref = self._remote.options(num_cpus=limits.workers).remote(
+        ref = self._remote.options(num_cpus=limits.workers, max_retries=self._retries, retry_exceptions=False,
+                                   name="ttsgym.candidate").remote(
             code, str(self.split.store), [list(s) for s in self.split.slices], kwargs, *self._arrays)
         self._open.add(ref)
         return ref
