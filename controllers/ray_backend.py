@@ -183,6 +183,22 @@ def _one_line(exc: BaseException) -> str:
 
 # -- evaluation tasks --------------------------------------------------------------------------
 
+
+def put_slice(ray: ModuleType, arrays: Any) -> Any:
+    """Put a slice's compiled arrays in the object store, where workers read them zero-copy.
+
+    ``load_replay`` hands out memory-mapped arrays; Ray serialises an ``np.memmap`` by copying
+    (every worker would hold its own copy of the slice), a plain ndarray by reference to shared
+    memory. So the arrays go in as plain ndarray views of the same memory."""
+    import dataclasses
+
+    import numpy as np
+
+    plain = {f.name: np.asarray(getattr(arrays, f.name)) for f in dataclasses.fields(arrays)
+             if isinstance(getattr(arrays, f.name), np.ndarray)}
+    return ray.put(dataclasses.replace(arrays, **plain))
+
+
 _SLICES: dict[str, tuple[Any, Any]] = {}  # worker side: object id -> (arrays, branch pools)
 
 
@@ -261,7 +277,7 @@ def run_tasks(tasks: Sequence[Any], slices: Mapping[tuple[str, str], Any], *, ad
     from ttsgym.controllers.runner import TaskError
 
     ray = connect(address)
-    refs_of = {key: ray.put(arrays) for key, arrays in slices.items()}
+    refs_of = {key: put_slice(ray, arrays) for key, arrays in slices.items()}
     sources = user_sources(sorted({t.spec for t in tasks}))
     sources_ref = ray.put(sources)
     remote = ray.remote(eval_task).options(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False,

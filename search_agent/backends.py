@@ -101,11 +101,11 @@ class RayCandidates:
     """Candidates on a Ray cluster; each one a task holding ``limits.workers`` CPUs of one node."""
 
     def __init__(self, split: SearchSplit, address: str | None = None) -> None:
-        from ttsgym.controllers.ray_backend import TASK_RETRIES, connect
+        from ttsgym.controllers.ray_backend import TASK_RETRIES, connect, put_slice
 
         self.ray = connect(address)
         self.split = split
-        self._arrays = [self.ray.put(split.arrays(*s)) for s in split.slices]
+        self._arrays = [put_slice(self.ray, split.arrays(*s)) for s in split.slices]
         self._remote = self.ray.remote(evaluate_on_node)
         self._retries = TASK_RETRIES
         self._largest = self.largest_node()  # once: a GCS call here could hang on a lost cluster

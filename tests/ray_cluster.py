@@ -23,7 +23,11 @@ from pathlib import Path
 
 import pytest
 
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# Loopback only, no usage reports, and no token auth: Ray 2.5x turns token auth on for `ray start`
+# whenever ~/.ray/auth_token exists (any earlier local ray.init() writes one), and a driver then
+# needs RAY_AUTH_MODE=token too; a loopback test cluster is the same either way, so off for both.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+                "RAY_AUTH_MODE": "disabled"}
 
 
 def need_ray() -> None:
@@ -82,6 +86,8 @@ def start_cluster(num_cpus: int = 2) -> Cluster:
     ray_bin = Path(sys.executable).with_name("ray")
     temp_dir = Path(tempfile.mkdtemp(prefix="ttsray-", dir="/tmp"))
     port = free_port()
+    for key, value in LOOPBACK_ENV.items():  # this process is a driver of the cluster too
+        os.environ.setdefault(key, value)
     env = {**os.environ, **LOOPBACK_ENV}
     cmd = [str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
            "--num-cpus", str(num_cpus), "--include-dashboard=false", "--disable-usage-stats",

@@ -128,6 +128,32 @@ def test_eval_on_ray_equals_local_row_for_row(real_store: Path, cluster: Cluster
     assert len(local[0]["q_accuracy"]) == 30 and len(local[0]["seed_accuracy"]) == 20
 
 
+def test_a_slice_is_read_zero_copy_by_workers(real_store: Path, cluster: Cluster) -> None:
+    """load_replay's arrays are memory-mapped; put as they are, Ray would copy them per worker."""
+    import numpy as np
+
+    from ttsgym.controllers.ray_backend import connect, put_slice
+    from ttsgym.store import load_replay
+
+    ray = connect(cluster.address)
+    arrays = load_replay(real_store, "Qwen3-4B", "aime24")
+    ref = put_slice(ray, arrays)
+
+    @ray.remote
+    def flags(box: list) -> dict:
+        from ttsgym.controllers.ray_backend import _worker_slice
+
+        a, _ = _worker_slice(box)
+        return {k: (v.flags.owndata, v.flags.writeable, int(v.sum()))
+                for k, v in vars(a).items() if isinstance(v, np.ndarray)}
+
+    got = ray.get(flags.remote([ref]))
+    assert set(got) >= {"probe_cls", "tokens", "final_cls", "class_blob"}
+    for name, (owns, writeable, total) in got.items():
+        assert not owns and not writeable, f"{name} was copied into the worker"
+        assert total == int(getattr(arrays, name).sum())
+
+
 def test_a_killed_worker_is_retried_and_the_result_is_identical(real_store: Path, cluster: Cluster,
                                                                 tmp_path: Path) -> None:
     from ttsgym.controllers.evaluate import evaluate
