@@ -137,9 +137,16 @@ def scale_phase(results: dict, questions: int, branches: int) -> None:
             return {"get_s": got, "zero_copy": zero_copy, "pools_s": build, "sc16_10_seeds_s": sc}
 
         worker = ray.get(first_read.remote([ref]))
+        # what a candidate's evaluation writes for its sandbox: the gold-free pools of the slice
+        from ttsgym.search_agent.evaluation import SearchSplit, export_pools
+
+        split = SearchSplit(store=store, slices=[(model, dataset)], _arrays={(model, dataset): arrays})
+        _, t_export = _timed(export_pools, split, split.slices, Path(tmp) / "pools")
+        export_mb = sum(f.stat().st_size for f in (Path(tmp) / "pools").iterdir()) / 2**20
         results["10k × 256 object store"] = {
             "questions": questions, "branches": branches, "generate_s": t_gen, "compile_s": t_compile,
-            "object_mb": nbytes / 2**20, "put_s": t_put, **worker}
+            "object_mb": nbytes / 2**20, "put_s": t_put, **worker, "export_pools_s": t_export,
+            "export_pools_mb": export_mb}
 
 
 def _slices(store: Path) -> list[tuple[str, str]]:
@@ -153,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--skip-scale", action="store_true", help="skip the 10,000 × 256 object-store phase")
+    parser.add_argument("--only-scale", action="store_true", help="only the 10,000 × 256 phase")
     parser.add_argument("--questions", type=int, default=10_000)
     parser.add_argument("--branches", type=int, default=256)
     parser.add_argument("--json", help="also write the numbers here")
@@ -164,31 +172,35 @@ def main(argv: list[str] | None = None) -> int:
         store = _store(args.store, Path(tmp))
         ray, t_start = _timed(connect, None)  # a new local cluster on this machine's cores
         results["cluster"] = {"start_s": t_start, "cpus": cluster_cpus(ray)[0], "workers": args.workers}
-        eval_phase(store, args.workers, results)
-        candidate_phase(store, args.workers, results)
+        if not args.only_scale:
+            eval_phase(store, args.workers, results)
+            candidate_phase(store, args.workers, results)
         if not args.skip_scale:
             scale_phase(results, args.questions, args.branches)
     print(f"Ray {ray.__version__}, local cluster of {results['cluster']['cpus']} CPUs started in "
           f"{results['cluster']['start_s']:.1f} s; local backend with {args.workers} workers")
-    print(f"{'job':<22} {'episodes':>9} {'local s':>8} {'ray s':>8} {'ray/local':>9}  equal")
-    for name in ("baseline table", "short_race β-sweep", "one candidate"):
+    jobs = [n for n in ("baseline table", "short_race β-sweep", "one candidate") if n in results]
+    if jobs:
+        print(f"{'job':<22} {'episodes':>9} {'local s':>8} {'ray s':>8} {'ray/local':>9}  equal")
+    for name in jobs:
         r = results[name]
         print(f"{name:<22} {r['episodes']:>9} {r['local_s']:>8.1f} {r['ray_s']:>8.1f} "
               f"{r['ray_over_local']:>9.2f}  {r['equal']}")
-    c = results["one candidate"]
-    print(f"one candidate, stages on the local backend (s): {c['stages_local_s']}; "
-          f"{c['cpu_s_per_candidate']:.0f} CPU-s per candidate")
+    if "one candidate" in results:
+        c = results["one candidate"]
+        print(f"one candidate, stages on the local backend (s): {c['stages_local_s']}; "
+              f"{c['cpu_s_per_candidate']:.0f} CPU-s per candidate")
     if "10k × 256 object store" in results:
         s = results["10k × 256 object store"]
         print(f"{s['questions']:,} × {s['branches']} slice: generate {s['generate_s']:.0f} s, compile "
               f"{s['compile_s']:.0f} s, {s['object_mb']:.0f} MB in the object store, put {s['put_s']:.2f} s; "
               f"a worker's first read {s['get_s']:.3f} s (zero-copy: {s['zero_copy']}), its branch pools "
-              f"{s['pools_s']:.1f} s once per slice, SC@16 × 10 seeds {s['sc16_10_seeds_s']:.1f} s")
+              f"{s['pools_s']:.1f} s once per slice, SC@16 × 10 seeds {s['sc16_10_seeds_s']:.1f} s; "
+              f"a candidate's sandbox pool export {s['export_pools_s']:.0f} s, {s['export_pools_mb']:.0f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     ray.shutdown()
-    return 0 if all(results[n]["equal"] for n in ("baseline table", "short_race β-sweep", "one candidate")) \
-        else 1
+    return 0 if all(results[n]["equal"] for n in jobs) else 1
 
 
 if __name__ == "__main__":

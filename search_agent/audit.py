@@ -63,6 +63,19 @@ def donor_index(pools: Sequence[BranchPool]) -> tuple[list[tuple[int, int]], lis
     return entries, [len(pools[q].probes[b]) for q, b in entries]
 
 
+def donor_index_from_arrays(arrays: Any) -> tuple[list[tuple[int, int]], list[int]]:
+    """:func:`donor_index` from a slice's compiled arrays, without building its pools (the same
+    order: question-major, stably sorted by probe count)."""
+    import numpy as np
+
+    n = np.asarray(arrays.n_branches)
+    width = np.asarray(arrays.n_probes).shape[1]
+    qs, bs = np.nonzero(np.arange(width)[None, :] < n[:, None])
+    lengths = np.asarray(arrays.n_probes)[qs, bs]
+    order = np.argsort(lengths, kind="stable")
+    return list(zip(qs[order].tolist(), bs[order].tolist(), strict=True)), lengths[order].tolist()
+
+
 def perturbed_episode(pools: Sequence[BranchPool], q: int, order: Sequence[int], depths: Sequence[int],
                       rng: random.Random, index: tuple[list, list[int]] | None = None) -> tuple:
     """Question ``q``'s episode in opening order with every unrevealed cell replaced by data

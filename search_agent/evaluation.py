@@ -25,13 +25,13 @@ import numpy as np
 from tqdm import tqdm
 
 from ttsgym.controllers.runner import Call, Runner, TaskError
-from ttsgym.env.episodes import Grader
+from ttsgym.env.episodes import Grader, PoolCache
 from ttsgym.env.protocols import branch_order
 from ttsgym.env.question import BranchPool
 from ttsgym.search_agent.audit import (
     choose_runs,
     compact_events,
-    donor_index,
+    donor_index_from_arrays,
     first_difference,
     original_episode,
     perturbed_episode,
@@ -44,6 +44,7 @@ from ttsgym.store import Store, load_replay
 WORKER = "ttsgym.search_agent.worker"
 SEED_CHUNK = 10
 SCREEN_QUESTIONS = 5
+AUDIT_QUESTIONS = 64  # questions perturbed per audited run (all of them on smaller slices)
 TOKEN_TOLERANCE = (0.02, 1000.0)  # tokens may fall by at most max(2 %, 1,000 tokens) as β grows
 
 
@@ -317,7 +318,7 @@ def _pipeline(code: str, split: SearchSplit, result: CandidateEvaluation, *, bet
     rng = random.Random(secrets.randbits(64))  # the candidate cannot predict what is audited
     runs = choose_runs(slices, betas, seeds, max(0, audit_episodes), rng)
     picks = _choose_traces(sweep, seeds, trace_episodes)
-    result.audit, replays = _audit(split, sweep, runs, picks, seeds, rng, common,
+    result.audit, replays = _audit(split, sweep, runs, picks, seeds, rng, common, pools=pools,
                                    scratch=scratch, deadline=deadline, limits=limits, hide=hide, cpu=cpu)
     result.traces = _traces(sweep, picks, seeds, replays, split)
     result.timings["audit"] = time.monotonic() - audit_t
@@ -353,48 +354,53 @@ def _choose_traces(sweep: dict, seeds: list, n: int) -> list[tuple]:
 
 
 def _audit(split: SearchSplit, sweep: dict, runs: list, picks: list, seeds: list, rng: random.Random,
-           common: dict, *, scratch: Path, deadline: float, limits: Limits, hide: list, cpu: float
-           ) -> tuple[dict, dict]:
+           common: dict, *, pools: dict, scratch: Path, deadline: float, limits: Limits, hide: list,
+           cpu: float) -> tuple[dict, dict]:
     """Re-run the sampled runs on original and perturbed data, each batch in a fresh sandbox
-    process; compare with each other and with the scored run. Returns (audit dict, replays)."""
+    process; compare with each other and with the scored run. Returns (audit dict, replays).
+
+    A run is re-run whole (a controller solves a seed's questions in order and may carry state
+    across them), on the sweep's own pool file; its perturbed twin replaces the unread cells of
+    up to :data:`AUDIT_QUESTIONS` questions drawn at random (every question on small slices),
+    so the audit's cost stays bounded on a 10,000-question slice."""
     trace_runs = list(dict.fromkeys((s, b, seed) for s, b, seed, _ in picks if (s, b, seed) not in runs))
+    traced_q: dict[tuple, set[int]] = {}
+    for s, b, seed, q in picks:
+        traced_q.setdefault((s, b, seed), set()).add(q)
     pool_cache: dict = {}
     donor_cache: dict = {}
-
-    def pools_of(s: tuple) -> list[BranchPool]:
-        if s not in pool_cache:
-            arrays = split.arrays(*s)
-            pool_cache[s] = [BranchPool.from_arrays(arrays, q) for q in range(arrays.n_questions)]
-        return pool_cache[s]
-
-    names = ["A", "B"]
-    rng.shuffle(names)  # which folder holds the real data is not in the path
-    folders = {"original": scratch / "audit" / names[0], "perturbed": scratch / "audit" / names[1]}
+    folder = scratch / "audit" / secrets.token_hex(4)  # the path says nothing about the data
+    folder.mkdir(parents=True, exist_ok=True)
     batches: dict[str, list[Call]] = {"original": [], "perturbed": []}
-    originals: dict[tuple, list[tuple]] = {}
+    sampled: dict[tuple, list[int]] = {}
     for k, run in enumerate([*runs, *trace_runs]):
         s, b, seed = run
-        pools = pools_of(s)
-        depths = sweep[(s, b)]["depths"][seeds.index(seed)]
-        episodes = {"original": [], "perturbed": []}
-        for q, pool in enumerate(pools):
-            order = branch_order("autotts", len(pool), seed)
-            episodes["original"].append(original_episode(pool, order))
-            if run in runs:
-                if s not in donor_cache:
-                    donor_cache[s] = donor_index(pools)
-                episodes["perturbed"].append(perturbed_episode(pools, q, order, depths[q], rng,
-                                                               donor_cache[s]))
-        originals[run] = episodes["original"]
-        for which in ("original", "perturbed") if run in runs else ("original",):
-            folders[which].mkdir(parents=True, exist_ok=True)
-            path = folders[which] / f"run{k}.pkl"
+        arrays = split.arrays(*s)
+        if s not in pool_cache:
+            pool_cache[s] = PoolCache(arrays)
+        lazy = pool_cache[s]
+        n_q = arrays.n_questions
+        chosen = []
+        if run in runs:
+            chosen = list(range(n_q)) if n_q <= AUDIT_QUESTIONS else sorted(rng.sample(range(n_q),
+                                                                                        AUDIT_QUESTIONS))
+            sampled[run] = chosen
+            if s not in donor_cache:
+                donor_cache[s] = donor_index_from_arrays(arrays)
+            depths = sweep[(s, b)]["depths"][seeds.index(seed)]
+            overlay = {q: perturbed_episode(lazy, q, branch_order("autotts", len(lazy[q]), seed), depths[q],
+                                            rng, donor_cache[s]) for q in chosen}
+            path = folder / f"run{k}.pkl"
             with open(path, "wb") as f:
-                pickle.dump({"mode": "fixed", "episodes": {seed: episodes[which]}}, f,
+                pickle.dump({"mode": "overlay", "base": pools[s], "episodes": overlay}, f,
                             protocol=pickle.HIGHEST_PROTOCOL)
-            batches[which].append(Call(f"{WORKER}:run_seeds", {**common, "pools_path": str(path), "beta": b,
-                                                              "seeds": [seed], "trace": True},
-                                       label=f"audit {s[0]}/{s[1]} β={b:g} seed {seed}"))
+            batches["perturbed"].append(Call(f"{WORKER}:run_seeds", {
+                **common, "pools_path": str(path), "beta": b, "seeds": [seed], "trace": True,
+                "trace_questions": chosen}, label=f"audit {s[0]}/{s[1]} β={b:g} seed {seed}"))
+        traced = sorted(set(chosen) | traced_q.get(run, set()))
+        batches["original"].append(Call(f"{WORKER}:run_seeds", {
+            **common, "pools_path": pools[s], "beta": b, "seeds": [seed], "trace": True,
+            "trace_questions": traced}, label=f"audit {s[0]}/{s[1]} β={b:g} seed {seed}"))
     # One call per batch; two calls on two new workers: each batch in its own fresh process.
     batch_calls = [Call(f"{WORKER}:run_batch", {"calls": [dict(c.kwargs) for c in batches[w]]},
                         label=f"audit ({len(batches[w])} runs)") for w in ("original", "perturbed")]
@@ -409,16 +415,17 @@ def _audit(split: SearchSplit, sweep: dict, runs: list, picks: list, seeds: list
         if not isinstance(reply, list) or len(reply) != len(batches[w]):
             return {"passed": False, "episodes": 0, "detail": "the audit's re-run sent malformed results"}, {}
         replies[w] = reply
+    malformed = "the audit's re-run sent malformed results"
     episodes = 0
     replays = {}
     for k, run in enumerate([*runs, *trace_runs]):
         s, b, seed = run
-        n_q = len(originals[run])
+        lazy = pool_cache[s]
+        n_q = split.arrays(*s).n_questions
         try:
             orig = _validate_run(replies["original"][k], 1, n_q)
         except _Reject:
-            return {"passed": False, "episodes": episodes, "detail": "the audit's re-run sent malformed "
-                                                                     "results"}, {}
+            return {"passed": False, "episodes": episodes, "detail": malformed}, {}
         replays[run] = orig
         scored = sweep[(s, b)]
         si = seeds.index(seed)
@@ -433,25 +440,29 @@ def _audit(split: SearchSplit, sweep: dict, runs: list, picks: list, seeds: list
                     f"not reproducible: on {where}, question {int(qids[q])}, a re-run on the same data in a "
                     "fresh process read different branches or answered differently than the scored run "
                     "(a controller must be a deterministic function of its seed and what it read)")}, replays
-            problem = replay_costs(originals[run][q], orig["events"][0][q])
+        for q in sorted(set(sampled.get(run, [])) | traced_q.get(run, set())):
+            episode = original_episode(lazy[q], branch_order("autotts", len(lazy[q]), seed))
+            problem = replay_costs(episode, orig["events"][0][q])
             if problem:
                 return {"passed": False, "episodes": episodes,
                         "detail": f"accounting: on {where}, question {int(qids[q])}: {problem}"}, replays
         if run not in runs:
             continue
-        k_p = runs.index(run)
-        pert = replies["perturbed"][k_p]
         try:
-            pert = _validate_run(pert, 1, n_q)
+            pert = _validate_run(replies["perturbed"][runs.index(run)], 1, n_q)
         except _Reject:
-            return {"passed": False, "episodes": episodes, "detail": "the audit's re-run sent malformed "
-                                                                     "results"}, replays
+            return {"passed": False, "episodes": episodes, "detail": malformed}, replays
+        chosen = set(sampled[run])
         for q in range(n_q):
-            episodes += 1
-            diff = first_difference(orig["events"][0][q], pert["events"][0][q])
+            diff = None
+            if q in chosen:
+                episodes += 1
+                diff = first_difference(orig["events"][0][q], pert["events"][0][q])
             a, p = orig["answers"][0][q], pert["answers"][0][q]
             if diff is None and a != p:
                 diff = f"its answer changed from {a!r} to {p!r}"
+            if diff is None and orig["depths"][0][q] != pert["depths"][0][q]:
+                diff = "it read other branches"
             if diff is not None:
                 return {"passed": False, "episodes": episodes, "detail": (
                     f"peeking: on {where}, question {int(qids[q])}, replacing the data it never read "

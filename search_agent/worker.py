@@ -7,8 +7,10 @@ final read state, optionally the full call trace). It never sees a gold answer, 
 grade, and nothing it returns is trusted beyond being data: the parent grades and audits.
 
 Pool files (pickle, written by the trusted parent) hold ``{"mode": "slice", "pools": [...]}``
-(one pool per question, ordered per seed by the protocol) or ``{"mode": "fixed", "episodes":
-{seed: [pool, ...]}}`` (one pool per episode, already in opening order: the audit's form).
+(one pool per question, ordered per seed by the protocol), ``{"mode": "overlay", "base":
+SLICE_FILE, "episodes": {question: pool}}`` (the slice with some questions replaced by pools
+already in opening order: the audit's perturbed runs) or ``{"mode": "fixed", "episodes":
+{seed: [pool, ...]}}`` (one pool per episode, in opening order).
 A pool is ``(probes, tokens, finals, interval, scores, confidences)``.
 """
 
@@ -105,17 +107,25 @@ def _pool(data: dict, key: Any, raw: tuple) -> BranchPool:
 
 def run_seeds(code_path: str, class_name: str, pools_path: str, beta: float, seeds: list[int],
               questions: list[int] | None = None, protocol: str = "autotts",
-              trace: bool = False) -> dict:
+              trace: bool = False, trace_questions: list[int] | None = None) -> dict:
     """Run the candidate on ``seeds`` × ``questions`` of one pool file; a fresh controller per
-    seed (the global random state seeded with it), questions in order, as the evaluator does."""
-    cpu_start = time.process_time()
+    seed (the global random state seeded with it), questions in order, as the evaluator does.
+    With ``trace``, the call trace of every question (or of ``trace_questions`` only; the others
+    get an empty trace) is returned too."""
     cls = load_class(code_path, class_name)
     data = _pool_file(pools_path)
-    fixed = data["mode"] == "fixed"
-    n_q = len(data["episodes"][seeds[0]]) if fixed else len(data["pools"])
+    # the pace the screen extrapolates from: episodes only, not the one-time load of the pool
+    # file (seconds on a 10,000-question slice, which would make every candidate look too slow)
+    cpu_start = time.process_time()
+    mode = data["mode"]
+    if mode == "fixed":
+        n_q = len(data["episodes"][seeds[0]])
+    else:
+        base = _pool_file(data["base"]) if mode == "overlay" else data
+        n_q = len(base["pools"])
     qs = list(range(n_q)) if questions is None else list(questions)
+    traced = set(qs if trace_questions is None else trace_questions) if trace else set()
     make = (lambda: cls(config={"beta": beta}))  # noqa: E731
-    kind = TracedQuestion if trace else Question
     out: dict[str, list] = {"answers": [], "tokens": [], "seq": [], "opened": [], "depths": [],
                             "pruned": []}
     if trace:
@@ -124,11 +134,13 @@ def run_seeds(code_path: str, class_name: str, pools_path: str, beta: float, see
         controller = fresh_controller(make, seed)
         row = {k: [] for k in out}
         for q in qs:
-            if fixed:
-                pool = _pool(data, (seed, q), data["episodes"][seed][q])
-                question = kind(pool)
+            kind = TracedQuestion if q in traced else Question
+            if mode == "fixed":
+                question = kind(_pool(data, (seed, q), data["episodes"][seed][q]))
+            elif mode == "overlay" and q in data["episodes"]:  # already in opening order
+                question = kind(_pool(data, q, data["episodes"][q]))
             else:
-                pool = _pool(data, q, data["pools"][q])
+                pool = _pool(base, q, base["pools"][q])
                 question = kind(pool, branch_order(protocol, len(pool), seed))
             try:
                 answer = controller.solve(QuestionView(question))
@@ -147,10 +159,10 @@ def run_seeds(code_path: str, class_name: str, pools_path: str, beta: float, see
             row["depths"].append(depths)
             row["pruned"].append([i for i in range(len(depths)) if question.is_pruned(i)])
             if trace:
-                row["events"].append([_jsonable(e) for e in question.events])
+                row["events"].append([_jsonable(e) for e in question.events] if q in traced else [])
         for k in out:
             out[k].append(row[k])
-    out["cpu"] = time.process_time() - cpu_start  # the pace the screen extrapolates from
+    out["cpu"] = time.process_time() - cpu_start
     return out
 
 

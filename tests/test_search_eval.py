@@ -146,6 +146,20 @@ def test_a_peeker_the_checks_miss_is_caught_by_the_audit(split: SearchSplit, tmp
     assert res.rows, "it was scored before the audit rejected it"
 
 
+def test_on_a_large_slice_the_audit_perturbs_a_sample_and_still_catches_peeking(
+        split: SearchSplit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More questions than AUDIT_QUESTIONS: each run is re-run whole, a random sample of its
+    questions is perturbed (so a 10,000-question slice costs the audit 64 per run, not all)."""
+    from ttsgym.search_agent import evaluation
+
+    monkeypatch.setattr(evaluation, "AUDIT_QUESTIONS", 2)
+    good = run(GOOD, split, tmp_path / "good")
+    assert good.ok, good.reason
+    assert good.audit["episodes"] == 3 * 2
+    bad = run(PEEKER, split, tmp_path / "bad")
+    assert not bad.ok and bad.stage == "audit" and bad.reason.startswith("peeking"), bad.reason
+
+
 def test_a_nondeterministic_controller_fails_the_audit(split: SearchSplit, tmp_path: Path) -> None:
     code = "import random\n" + GOOD.replace(
         'for _ in range(min(self.hp["n"], question.pool_size)):',
@@ -159,3 +173,14 @@ def test_a_store_with_fewer_questions_than_the_screen_works(tiny_store: Path, tm
     res = run(GOOD, SearchSplit.open(tiny_store), tmp_path)
     assert res.ok, res.reason
     assert {r["episodes"] for r in res.rows} == {2 * 3}
+
+
+def test_the_donor_index_from_arrays_equals_the_one_from_pools(split: SearchSplit) -> None:
+    from ttsgym.env.question import BranchPool
+    from ttsgym.search_agent.audit import donor_index, donor_index_from_arrays
+
+    arrays = split.arrays(*split.slices[0])
+    pools = [BranchPool.from_arrays(arrays, q) for q in range(arrays.n_questions)]
+    entries, lengths = donor_index_from_arrays(arrays)
+    assert (entries, lengths) == donor_index(pools)
+    assert len(entries) == sum(len(p) for p in pools) and lengths == sorted(lengths)
