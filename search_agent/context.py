@@ -154,10 +154,16 @@ class ContextBuilder:
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def _parts(self, round: int, history: list[dict], tools: ToolsProtocol) -> list[_Part]:
+        pending = [r for r in history if r.get("status") == "pending"]  # --concurrent: still running
+        history = [r for r in history if r.get("status") != "pending"]
         accepted = sorted((r for r in history if r.get("status") == "accepted"), key=_objective, reverse=True)
         rejected = [r for r in history if r.get("status") != "accepted"]
         parts = [_Part(f"# Round {round}\n{len(history)} proposals so far ({len(accepted)} accepted, "
                        f"{len(rejected)} rejected). Write a controller that beats the best below.", None)]
+        if pending:
+            ids = ", ".join(str(r.get("id")) for r in pending)
+            parts.append(_Part(f"## Being evaluated now (results not in yet): {ids}. Do not resubmit "
+                               "their programs; their code is available through the show_code tool.", None))
         parts.append(_Part("## Baselines on the search split\n" + format_table(tools.baselines()), None))
         if history:
             last = history[-1]

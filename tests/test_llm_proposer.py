@@ -291,3 +291,17 @@ def test_a_retried_error_then_success_is_one_submission_paid_once(tmp_path: Path
         assert len(stub.chat_requests()) == 2
     assert p.code is not None and p.reason is None and p.meta["llm_calls"] == 1
     assert p.cost_usd == pytest.approx((100 + 20) / 1e6) == pytest.approx(client.ledger.spent())
+
+
+def test_context_names_pending_candidates_apart_from_rejects() -> None:
+    """With --concurrent, the rounds still being evaluated are listed as such, not as rejects."""
+    from ttsgym.search_agent.run import pending_stub
+
+    done = {"id": "c0000", "round": 0, "status": "rejected", "reason": "does not parse", "code": "x",
+            "curve": [], "objective": None, "lesson": None, "meta": {}}
+    stub = pending_stub({"id": "c0001", "round": 1, "proposer": "llm", "code": GOOD, "meta": {}})
+    text = ContextBuilder().messages(2, [done, stub], FakeTools())[1]["content"]
+    assert "Being evaluated now (results not in yet): c0001" in text
+    assert "1 proposals so far (0 accepted, 1 rejected)" in text
+    rejects = text.split("## Recent rejects")[1]
+    assert "c0000" in rejects and "c0001" not in rejects
