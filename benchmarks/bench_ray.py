@@ -10,9 +10,11 @@ Measures, and prints as a table (``--json`` also writes the numbers):
    cost the capacity note in the README is computed from;
 3. the object store with a synthetic 10,000-question × 256-branch slice: bytes, ``ray.put``
    seconds, a worker's first read (zero-copy: the arrays are views into shared memory) and its
-   per-slice branch-pool build, and one SC@16 task over 10 seeds on the worker.
+   per-slice branch-pool build, one SC@16 task over 10 seeds on the worker, a candidate's sandbox
+   pool export, and (``--scale-candidate-seeds N``) one whole candidate on that slice.
 
-    python benchmarks/bench_ray.py [--store STORE] [--workers 2] [--skip-scale] [--json out.json]
+    python benchmarks/bench_ray.py [--store STORE] [--workers 2] [--skip-scale | --only-scale]
+                                   [--scale-candidate-seeds 20] [--json out.json]
 
 Without ``--store`` the shared AIME24 data (``TTSGYM_DATA``) is imported into a temporary store.
 """
@@ -96,7 +98,7 @@ def candidate_phase(store: str, workers: int, results: dict) -> None:
         "cpu_s_per_candidate": out["local"]["seconds"] * workers}
 
 
-def scale_phase(results: dict, questions: int, branches: int) -> None:
+def scale_phase(results: dict, questions: int, branches: int, candidate_seeds: int, workers: int) -> None:
     import numpy as np
 
     from ttsgym.controllers.ray_backend import connect, put_slice
@@ -147,6 +149,18 @@ def scale_phase(results: dict, questions: int, branches: int) -> None:
             "questions": questions, "branches": branches, "generate_s": t_gen, "compile_s": t_compile,
             "object_mb": nbytes / 2**20, "put_s": t_put, **worker, "export_pools_s": t_export,
             "export_pools_mb": export_mb}
+        if candidate_seeds:  # one whole candidate on the big slice (local backend: the same pipeline)
+            from ttsgym.search_agent.evaluation import Limits, evaluate_candidate
+            from ttsgym.search_agent.offline import OfflineProposer
+            from ttsgym.search_agent.run import BETA_GRID
+
+            code = OfflineProposer(seed=0).propose(0, [], None).code
+            ev, t_cand = _timed(evaluate_candidate, code, split, betas=BETA_GRID,
+                                seeds=range(candidate_seeds), limits=Limits(timeout_s=7200, workers=workers),
+                                scratch=Path(tmp) / "cand")
+            results["10k × 256 candidate"] = {"seeds": candidate_seeds, "ok": ev.ok, "reason": ev.reason,
+                                             "seconds": t_cand, "cpu_s": t_cand * workers,
+                                             "stages_s": {k: round(v, 1) for k, v in ev.timings.items()}}
 
 
 def _slices(store: Path) -> list[tuple[str, str]]:
@@ -161,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--skip-scale", action="store_true", help="skip the 10,000 × 256 object-store phase")
     parser.add_argument("--only-scale", action="store_true", help="only the 10,000 × 256 phase")
+    parser.add_argument("--scale-candidate-seeds", type=int, default=0, metavar="N",
+                        help="also evaluate one candidate on the big slice at N seeds "
+                             "(20: ~5 min on 2 cores)")
     parser.add_argument("--questions", type=int, default=10_000)
     parser.add_argument("--branches", type=int, default=256)
     parser.add_argument("--json", help="also write the numbers here")
@@ -176,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             eval_phase(store, args.workers, results)
             candidate_phase(store, args.workers, results)
         if not args.skip_scale:
-            scale_phase(results, args.questions, args.branches)
+            scale_phase(results, args.questions, args.branches, args.scale_candidate_seeds, args.workers)
     print(f"Ray {ray.__version__}, local cluster of {results['cluster']['cpus']} CPUs started in "
           f"{results['cluster']['start_s']:.1f} s; local backend with {args.workers} workers")
     jobs = [n for n in ("baseline table", "short_race β-sweep", "one candidate") if n in results]
@@ -197,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
               f"a worker's first read {s['get_s']:.3f} s (zero-copy: {s['zero_copy']}), its branch pools "
               f"{s['pools_s']:.1f} s once per slice, SC@16 × 10 seeds {s['sc16_10_seeds_s']:.1f} s; "
               f"a candidate's sandbox pool export {s['export_pools_s']:.0f} s, {s['export_pools_mb']:.0f} MB")
+    if "10k × 256 candidate" in results:
+        c = results["10k × 256 candidate"]
+        reason = f"; {c['reason']}" if c["reason"] else ""
+        print(f"one candidate on that slice at {c['seeds']} seeds: ok={c['ok']} {c['seconds']:.0f} s "
+              f"({c['cpu_s']:.0f} CPU-s), stages {c['stages_s']}{reason}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     ray.shutdown()
