@@ -99,10 +99,16 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def _default_sigint() -> None:
+    """A suite started in the background by a shell (``make test &``) ignores SIGINT, and a child
+    inherits that; the command under test must see Ctrl-C as a terminal would send it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_the_command_quickly_and_no_worker_outlives_it(tiny_store, bad) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "ttsgym.cli.main", "eval", "--store", str(tiny_store),
                              "--controller", f"{bad}:Loop", "--seeds", "30", "--workers", "2"],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     workers: list[int] = []
     for _ in range(200):  # wait until both workers run the loop
         workers = _workers_of(proc.pid)
