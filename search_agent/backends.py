@@ -101,27 +101,21 @@ class RayCandidates:
     """Candidates on a Ray cluster; each one a task holding ``limits.workers`` CPUs of one node."""
 
     def __init__(self, split: SearchSplit, address: str | None = None) -> None:
-        from ttsgym.controllers.ray_backend import TASK_RETRIES, connect, put_slice
+        from ttsgym.controllers.ray_backend import TASK_RETRIES, cluster_cpus, connect, put_slice
 
         self.ray = connect(address)
         self.split = split
         self._arrays = [put_slice(self.ray, split.arrays(*s)) for s in split.slices]
         self._remote = self.ray.remote(evaluate_on_node)
         self._retries = TASK_RETRIES
-        self._largest = self.largest_node()  # once: a GCS call here could hang on a lost cluster
+        self._largest = cluster_cpus(self.ray)[1]  # once: a GCS call could hang on a lost cluster
         self._open: set = set()
-
-    def largest_node(self) -> int:
-        from ttsgym.controllers.ray_backend import cluster_cpus
-
-        return cluster_cpus(self.ray)[1]
 
     def submit(self, code: str, *, betas: Sequence[float], seeds: Sequence[int], limits: Limits,
                scratch: Path, audit_episodes: int = 8, trace_episodes: int = 4) -> Any:
-        largest = self._largest
-        if limits.workers > largest:
-            raise ValueError(f"--workers {limits.workers}: the cluster's largest node has {largest} CPUs, "
-                             "and a candidate's workers run on one node")
+        if limits.workers > self._largest:
+            raise ValueError(f"--workers {limits.workers}: the cluster's largest node has {self._largest} "
+                             "CPUs, and a candidate's workers run on one node")
         kwargs = {"betas": list(betas), "seeds": list(seeds), "limits": asdict(limits),
                   "audit_episodes": audit_episodes, "trace_episodes": trace_episodes}
         ref = self._remote.options(num_cpus=limits.workers, max_retries=self._retries, retry_exceptions=False,

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import command_lines
+
 # Loopback only, no usage reports, and no token auth: Ray 2.5x turns token auth on for `ray start`
 # whenever ~/.ray/auth_token exists (any earlier local ray.init() writes one), and a driver then
 # needs RAY_AUTH_MODE=token too; a loopback test cluster is the same either way, so off for both.
@@ -55,15 +57,7 @@ class Cluster:
 
     def worker_pids(self, title: str) -> list[int]:
         """Ray worker processes whose title starts with ``title`` (e.g. ``ray::ttsgym.eval``)."""
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if cmd.startswith(title):
-                found.append(int(pid))
-        return found
+        return [pid for pid, cmd in command_lines() if cmd.startswith(title)]
 
     def kill(self) -> None:
         """SIGKILL the head's processes (GCS, raylet, ...); its workers exit when their raylet goes."""

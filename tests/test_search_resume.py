@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import command_lines
 from ttsgym.cli.main import main
 
 ROUNDS = 3
@@ -44,15 +45,7 @@ def read_history(run: Path) -> list[dict]:
 
 def processes_mentioning(text: str) -> list[int]:
     """Live processes whose command line mentions ``text`` (the run directory)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmd and int(pid) != os.getpid():
-            found.append(int(pid))
-    return found
+    return [pid for pid, cmd in command_lines() if text in cmd]
 
 
 def test_sigkill_at_random_moments_then_resume(small_store: Path, tmp_path: Path) -> None:
