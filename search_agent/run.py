@@ -262,8 +262,7 @@ class Search:
         record["lesson"] = lesson
         record["cost_usd"] = round(record["cost_usd"] + cost, 10)
         record["seconds"] = round(time.perf_counter() - item.start, 3)
-        self.run.commit(record)
-        self.history.append(record)
+        self.history.append(self.run.commit(record))
         shutil.rmtree(self.run.scratch() / record["id"], ignore_errors=True)
         return stopped
 
