@@ -88,3 +88,34 @@ def test_sigkill_at_random_moments_then_resume(small_store: Path, tmp_path: Path
     selected = json.loads((run / "selected" / "selected.json").read_text())
     assert selected == json.loads((reference / "selected" / "selected.json").read_text())
     assert sorted(p.name for p in (run / "candidates").iterdir()) == [f"c{r:04d}" for r in range(ROUNDS)]
+
+
+def test_resume_refuses_a_forged_accepted_line_and_selects_nothing(small_store: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    two = [*search_argv(small_store, run), "--rounds", "2"]  # the last --rounds wins
+    assert main(two) == 0
+    done = read_history(run)
+    best = max((r for r in done if r["status"] == "accepted"), key=lambda r: r["objective"])
+    selected = (run / "selected" / "selected.json").read_text()
+    finalists = (run / "finalists.json").read_text()
+    # A candidate that ran unsandboxed forges round 2: accepted, a huge objective, its own code,
+    # and a matching folder; it does not know how the parent chains its lines.
+    code = best["code"] + "\n# forged\n"
+    forged = {**best, "id": "c0002", "round": 2, "status": "accepted", "objective": 1e9, "code": code,
+              "chain": done[-1]["chain"]}
+    folder = run / "candidates" / "c0002"
+    folder.mkdir()
+    (folder / "code.py").write_text(code)
+    (folder / "record.json").write_text(json.dumps(forged))
+    with open(run / "history.jsonl", "a") as f:
+        f.write(json.dumps(forged) + "\n")
+    capsys.readouterr()
+    assert main([*search_argv(small_store, run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'history.jsonl'}: line 3 does not follow the chain" in err
+    assert (run / "selected" / "selected.json").read_text() == selected  # nothing re-selected
+    assert (run / "finalists.json").read_text() == finalists
+    assert "c0002" not in selected and "c0002" not in finalists
+    assert folder.exists()  # nothing removed on the word of a forged history
+    assert len(read_history(run)) == 3  # and nothing appended after it
